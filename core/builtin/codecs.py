@@ -1,0 +1,18 @@
+"""Registers the built-in codecs: the traditional anchors and every CompressAI image architecture."""
+
+from functools import partial
+
+from icm import hookimpl
+
+
+@hookimpl
+def icm_register_codecs(register):
+    # imports stay inside the hook so `icm plugins` does not pay for torch/compressai unless asked
+    from icm.codecs.anchors import ANCHORS
+    from icm.codecs.learned import ARCHITECTURES, CompressAICodec
+
+    for cls in ANCHORS:
+        register(cls.name, cls, kind="anchor", description=cls.description)
+    for arch in ARCHITECTURES:
+        register(arch, partial(CompressAICodec, arch), kind="learned",
+                 description=f"CompressAI {arch} (mse); --checkpoint FILE_OR_FOLDER or --weights random")

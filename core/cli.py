@@ -1,0 +1,209 @@
+"""The ``icm`` command line. User errors end in one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from icm.errors import IcmError, UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="icm", prog_name="icm")
+def cli():
+    """Image coding for machines: encode once, evaluate every vision task on the same bitstream."""
+
+
+def _plugins():
+    from icm.plugins import get_plugins
+
+    return get_plugins()
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    Console(width=max(120, Console().width)).print(table)
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+codec_options = [
+    click.option("--checkpoint", type=click.Path(), help="Learned codecs: a checkpoint file, or a folder of zoo-named files."),
+    click.option("--weights", type=click.Choice(["pretrained", "random"]), default=None,
+                 help="Learned codecs: 'random' builds untrained (seeded) weights; only on request."),
+    click.option("--device", default=None, help="torch device for learned codecs (default: cuda if available, else cpu)."),
+]
+
+
+def with_codec_options(f):
+    for opt in reversed(codec_options):
+        f = opt(f)
+    return f
+
+
+# -- listings -------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def codecs(as_json):
+    """List registered codecs, their rate control and whether they can run here."""
+    from icm.codecs import open_codec
+
+    plugins = _plugins()
+    rows = []
+    for entry in plugins.codecs.entries():
+        try:
+            info = open_codec(entry.name).info()
+        except IcmError as exc:
+            info = {"name": entry.name, "available": False, "unavailable_reason": str(exc),
+                    "kind": entry.meta.get("kind", "?"), "rate_control": "", "description": entry.meta.get("description", "")}
+        info["plugin"] = entry.plugin
+        rows.append(info)
+    if as_json:
+        return _emit_json(rows)
+    _table("codecs", ["name", "kind", "rate control", "available", "plugin", "description"],
+           [[r["name"], r["kind"], r["rate_control"], "yes" if r["available"] else f"no: {r['unavailable_reason']}",
+             r["plugin"], r["description"]] for r in rows])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json):
+    """List installed plugins: name, version, hooks and what each registered."""
+    p = _plugins()
+    p.codecs  # run the register hooks so "registered" is filled in
+    data = {
+        "plugins": [{"name": i.name, "version": i.version, "builtin": i.builtin, "hooks": i.hooks,
+                     "registered": i.registered} for i in p.info.values()],
+        "failed": [{"name": f.plugin, "stage": f.stage, "error": f.error} for f in p.failures],
+    }
+    if as_json:
+        return _emit_json(data)
+    _table("plugins", ["name", "version", "hooks", "registered"],
+           [[i["name"] + (" (built-in)" if i["builtin"] else ""), i["version"] or "-", ", ".join(i["hooks"]),
+             "; ".join(f"{k}: {', '.join(v)}" for k, v in i["registered"].items()) or "-"] for i in data["plugins"]])
+    if data["failed"]:
+        _table("failed plugins (skipped)", ["name", "stage", "error"],
+               [[f["name"], f["stage"], f["error"]] for f in data["failed"]])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tasks(as_json):
+    """List registered tasks and the plugin that provides each."""
+    rows = [{"name": e.name, "plugin": e.plugin, "metrics": e.meta.get("metrics", []),
+             "description": e.meta.get("description", "")} for e in _plugins().tasks.entries()]
+    if as_json:
+        return _emit_json(rows)
+    if not rows:
+        click.echo("no tasks registered; install a task plugin, e.g. pip install plugins/icm-plugin-mmdet")
+        return
+    _table("tasks", ["name", "metrics", "plugin", "description"],
+           [[r["name"], ", ".join(r["metrics"]), r["plugin"], r["description"]] for r in rows])
+
+
+# -- coding ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--codec", "codec_name", required=True, help="Registered codec name (see `icm codecs`).")
+@click.option("--quality", "-q", default=None, help="The codec's rate index (quality, qp, ratio...).")
+@click.option("--rate", type=float, default=None, help="Continuous rate in [0,1], for codecs that have one.")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Resolution knob: 1, 0.75, 0.5 or 0.25.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@with_codec_options
+def encode(images, codec_name, quality, rate, scale, out_dir, checkpoint, weights, device):
+    """Encode IMAGE... into OUT/<name>.icm, one self-describing bitstream per image."""
+    from icm.codecs import open_codec
+    from icm.images import load_image
+
+    codec = open_codec(codec_name, checkpoint=checkpoint, weights=weights, device=device)
+    rate_args = {"quality": quality, "rate": rate, "scale": scale}
+    codec.check_rate(**rate_args)  # fail before any work on a bad rate
+    codec.require_available()
+    failed = 0
+    for path in images:
+        try:
+            image = load_image(path)
+            bs = codec.to_bitstream(image, **rate_args)
+            target = Path(out_dir) / (Path(path).stem + ".icm")
+            size = bs.save(target)
+        except UserError as exc:
+            failed += 1
+            click.echo(f"icm: error: {exc}", err=True)
+            continue
+        click.echo(f"{target}  {size} bytes  {size * 8 / bs.pixels:.4f} bpp")
+    if failed:
+        raise UserError(f"{failed} of {len(images)} image(s) failed; the others were written")
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output image (.png).")
+@with_codec_options
+def decode(file, out_path, checkpoint, weights, device):
+    """Decode FILE.icm with the codec named in its header."""
+    from icm.codecs import decode_file
+    from icm.images import save_image
+
+    image, bs = decode_file(file, checkpoint=checkpoint, weights=weights, device=device)
+    save_image(image, out_path)
+    click.echo(f"{out_path}  {bs.width}x{bs.height}  from {bs.codec} {bs.rate}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(file, as_json):
+    """Show the header of an icm bitstream (no decoding)."""
+    from icm.bitstream import Bitstream
+
+    bs = Bitstream.load(file)
+    size = Path(file).stat().st_size
+    data = {"file": file, "codec": bs.codec, "codec_version": bs.codec_version,
+            "weights_hash": bs.weights_hash.hex(), "width": bs.width, "height": bs.height, "colour": bs.colour,
+            "rate": bs.rate, "bytes": size, "bpp": size * 8 / bs.pixels,
+            "streams": {k: len(v) for k, v in bs.streams.items()}}
+    if as_json:
+        return _emit_json(data)
+    for k, v in data.items():
+        click.echo(f"{k:>13}: {v}")
+
+
+def _add_plugin_commands() -> None:
+    p = _plugins()
+    for impl in reversed(p.pm.hook.icm_register_commands.get_hookimpls()):
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            p._fail(impl.plugin_name, "icm_register_commands", exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        _add_plugin_commands()
+        cli.main(args=argv, prog_name="icm", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("icm: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except IcmError as exc:
+        click.echo(f"icm: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(0)

@@ -1,0 +1,191 @@
+"""The codec interface. Every codec, anchor or learned, built-in or from a plugin, implements it.
+
+A codec turns an HxWx3 uint8 RGB image into named payload streams and back. The container
+(:mod:`icm.bitstream`) wraps those streams with the codec id, version, weights hash and rate, so
+``encode`` returns a self-describing file and ``decode`` refuses one made by another codec or other weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from icm.bitstream import Bitstream
+from icm.errors import BitstreamError, CodecUnavailable, UserError
+
+SCALES = (1.0, 0.75, 0.5, 0.25)  # the resolution knob of Le §4.2
+
+
+@dataclass(frozen=True)
+class RateControl:
+    """How a codec's rate is set.
+
+    ``param`` names the discrete index (``quality``, ``qp``, ...) and ``values`` its allowed range
+    (inclusive). ``higher_is_better`` tells which way quality goes. ``default_points`` is the sweep
+    used when no rates are given. ``continuous`` is set for codecs with a continuous rate in [0, 1].
+    ``scales`` lists the resolution factors the codec accepts (the image is coded downscaled and
+    resized back after decoding).
+    """
+
+    param: str
+    values: tuple[int, int] | None
+    higher_is_better: bool
+    default_points: tuple
+    continuous: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    def describe(self) -> str:
+        parts = []
+        if self.values:
+            lo, hi = self.values
+            parts.append(f"{self.param} {lo}..{hi} ({'higher' if self.higher_is_better else 'lower'} = better)")
+        if self.continuous:
+            parts.append("rate 0..1 (continuous)")
+        if len(self.scales) > 1:
+            parts.append("scale " + "/".join(f"{int(s * 100)}%" for s in self.scales))
+        return ", ".join(parts)
+
+
+class Codec(ABC):
+    """Base class. Subclasses set ``name``, ``version``, ``kind``, ``rate_control`` and implement
+    ``encode_streams`` / ``decode_streams``. Learned codecs also implement ``forward``."""
+
+    name: str = ""
+    version: str = "1"
+    kind: str = "anchor"  # or "learned"
+    description: str = ""
+    rate_control: RateControl
+
+    # -- availability ------------------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        """None when the codec can run here, else why not (e.g. a missing binary)."""
+        return None
+
+    def require_available(self) -> None:
+        reason = self.unavailable_reason()
+        if reason:
+            raise CodecUnavailable(f"codec {self.name!r} is unavailable: {reason}")
+
+    # -- rates -------------------------------------------------------------------------------------
+    def check_rate(self, quality=None, scale: float = 1.0, rate: float | None = None) -> dict:
+        """Validate a rate and return it as stored in the container."""
+        rc = self.rate_control
+        out: dict = {}
+        if rate is not None:
+            if not rc.continuous:
+                raise UserError(f"codec {self.name!r} has no continuous rate; use --quality ({rc.describe()})")
+            if not 0.0 <= float(rate) <= 1.0:
+                raise UserError(f"rate {rate} out of range for codec {self.name!r} (0..1)")
+            out["rate"] = round(float(rate), 6)
+        else:
+            if quality is None:
+                raise UserError(f"codec {self.name!r} needs --quality ({rc.describe()})")
+            try:
+                q = int(quality)
+            except (TypeError, ValueError):
+                raise UserError(f"quality {quality!r} is not an integer") from None
+            if q != float(quality) or rc.values is None or not rc.values[0] <= q <= rc.values[1]:
+                raise UserError(f"{rc.param} {quality} out of range for codec {self.name!r} ({rc.describe()})")
+            out[rc.param] = q
+        scale = float(scale)
+        if scale not in rc.scales:
+            raise UserError(f"scale {scale} not supported by codec {self.name!r} (supported: {', '.join(map(str, rc.scales))})")
+        if scale != 1.0:
+            out["scale"] = scale
+        return out
+
+    def default_rates(self) -> list[dict]:
+        key = "rate" if self.rate_control.continuous and not self.rate_control.values else self.rate_control.param
+        return [{key: p} for p in self.rate_control.default_points]
+
+    # -- identity ------------------------------------------------------------------------------------
+    def weights_hash(self, rate: dict) -> bytes:
+        """A short hash of the weights used at ``rate`` (empty for codecs without weights)."""
+        return b""
+
+    # -- the work ------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_streams(self, image: np.ndarray, rate: dict) -> dict[str, bytes]:
+        """Code an HxWx3 uint8 image at a validated rate into named payloads."""
+
+    @abstractmethod
+    def decode_streams(self, streams: dict[str, bytes], rate: dict, width: int, height: int) -> np.ndarray:
+        """Invert ``encode_streams``; must return HxWx3 uint8 of the original size."""
+
+    def to_bitstream(self, image: np.ndarray, **rate) -> Bitstream:
+        self.require_available()
+        _check_image(image)
+        rate = self.check_rate(**rate)
+        streams = self.encode_streams(image, rate)
+        return Bitstream(self.name, self.version, self.weights_hash(rate), image.shape[1], image.shape[0], rate, streams)
+
+    def from_bitstream(self, bs: Bitstream, source: str = "bitstream") -> np.ndarray:
+        self.require_available()
+        if bs.codec != self.name:
+            raise BitstreamError(f"{source}: made by codec {bs.codec!r}, not {self.name!r}")
+        if bs.codec_version != self.version:
+            raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version}, this is version {self.version}")
+        expected = self.weights_hash(bs.rate)
+        if bs.weights_hash != expected:
+            raise BitstreamError(
+                f"{source}: weights mismatch (bitstream {bs.weights_hash.hex() or 'none'}, codec "
+                f"{expected.hex() or 'none'}); decode with the checkpoint that encoded it")
+        try:
+            image = self.decode_streams(bs.streams, bs.rate, bs.width, bs.height)
+        except BitstreamError:
+            raise
+        except Exception as exc:  # a payload that passed the CRC but still does not decode
+            raise BitstreamError(f"{source}: payload does not decode ({type(exc).__name__}: {exc})") from exc
+        if image.shape != (bs.height, bs.width, 3) or image.dtype != np.uint8:
+            raise BitstreamError(f"{source}: decoded to {image.shape} {image.dtype}, expected ({bs.height}, {bs.width}, 3) uint8")
+        return image
+
+    def encode(self, image: np.ndarray, **rate) -> bytes:
+        """Encode to a self-describing icm container (``bytes``)."""
+        return self.to_bitstream(image, **rate).to_bytes()
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return self.from_bitstream(Bitstream.from_bytes(data))
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "version": self.version,
+            "rate_control": self.rate_control.describe(),
+            "default_points": list(self.rate_control.default_points),
+            "available": self.unavailable_reason() is None,
+            "unavailable_reason": self.unavailable_reason(),
+            "description": self.description,
+        }
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise UserError("codecs take HxWx3 uint8 RGB arrays (use icm.images.load_image)")
+
+
+def open_codec(name: str, **options) -> Codec:
+    """Build a registered codec. Options a codec's factory does not accept are dropped, so the CLI
+    can pass ``checkpoint``/``weights``/``device`` to anchors and learned codecs alike; but an option
+    the user set explicitly that the codec cannot use is an error rather than silently ignored."""
+    from icm.plugins import get_plugins
+
+    factory = get_plugins().codecs.get(name)
+    params = inspect.signature(factory).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = {k: v for k, v in options.items() if takes_all or k in params}
+    ignored = [k for k, v in options.items() if k not in accepted and v is not None]
+    if ignored:
+        raise UserError(f"codec {name!r} does not take option(s): {', '.join(ignored)}")
+    return factory(**{k: v for k, v in accepted.items() if v is not None})
+
+
+def decode_file(path, **options) -> tuple[np.ndarray, Bitstream]:
+    """Decode any icm file with the codec its header names."""
+    bs = Bitstream.load(path)
+    codec = open_codec(bs.codec, **options)
+    return codec.from_bitstream(bs, source=str(path)), bs

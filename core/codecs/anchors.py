@@ -1,0 +1,289 @@
+"""Traditional anchors: JPEG, WebP, AVIF, JPEG XL, JPEG 2000 and HEIF through Pillow and its plugins;
+HEVC intra (x265) and VVC (vvenc) as raw bitstreams through ffmpeg or vvencapp/vvdecapp.
+
+Every anchor has the resolution knob of Le §4.2: the image is coded at 100/75/50/25 % and resized back
+to the original size after decoding, so a QP x resolution grid is just a list of rates.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, features
+
+from icm.codecs import SCALES, Codec, RateControl
+from icm.errors import BitstreamError
+from icm.images import resize
+
+
+class Anchor(Codec):
+    kind = "anchor"
+
+    def _scaled(self, image: np.ndarray, rate: dict) -> np.ndarray:
+        s = rate.get("scale", 1.0)
+        if s == 1.0:
+            return image
+        h, w = image.shape[:2]
+        return resize(image, max(1, round(w * s)), max(1, round(h * s)))
+
+    def encode_streams(self, image, rate):
+        return {"main": self.encode_pixels(self._scaled(image, rate), rate[self.rate_control.param])}
+
+    def decode_streams(self, streams, rate, width, height):
+        s = rate.get("scale", 1.0)
+        small = (max(1, round(width * s)), max(1, round(height * s)))
+        image = self.decode_pixels(streams["main"], *small)
+        if image.shape[:2] != (small[1], small[0]):
+            raise BitstreamError(f"decoded size {image.shape[1]}x{image.shape[0]} does not match the header")
+        return resize(image, width, height)
+
+    def encode_pixels(self, image: np.ndarray, q: int) -> bytes:
+        raise NotImplementedError
+
+    def decode_pixels(self, data: bytes, width: int, height: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+# -- Pillow formats ------------------------------------------------------------------------------------
+class PillowAnchor(Anchor):
+    pillow_format = ""
+    feature: str | None = None
+
+    def save_options(self, q: int) -> dict:
+        return {"quality": q}
+
+    def unavailable_reason(self):
+        if self.feature and not features.check(self.feature):
+            return f"this Pillow build has no {self.feature} support"
+        return None
+
+    def encode_pixels(self, image, q):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format=self.pillow_format, **self.save_options(q))
+        return buf.getvalue()
+
+    def decode_pixels(self, data, width, height):
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+
+
+class JPEG(PillowAnchor):
+    name, pillow_format, description = "jpeg", "JPEG", "JPEG (libjpeg-turbo via Pillow), 4:2:0"
+    rate_control = RateControl("quality", (1, 100), True, (5, 10, 20, 35, 55, 75, 90), scales=SCALES)
+
+
+class WebP(PillowAnchor):
+    name, pillow_format, feature, description = "webp", "WEBP", "webp", "WebP lossy (libwebp via Pillow)"
+    rate_control = RateControl("quality", (0, 100), True, (5, 15, 30, 50, 70, 90), scales=SCALES)
+
+    def save_options(self, q):
+        return {"quality": q, "method": 6}
+
+
+class AVIF(PillowAnchor):
+    name, pillow_format, feature, description = "avif", "AVIF", "avif", "AVIF (libavif/AV1 via Pillow)"
+    rate_control = RateControl("quality", (0, 100), True, (10, 25, 40, 55, 70, 85), scales=SCALES)
+
+    def save_options(self, q):
+        return {"quality": q, "speed": 6}
+
+
+class JPEG2000(PillowAnchor):
+    name, pillow_format, feature = "jpeg2000", "JPEG2000", "jpg_2000"
+    description = "JPEG 2000 (OpenJPEG via Pillow); the index is the compression ratio"
+    rate_control = RateControl("ratio", (1, 1000), False, (200, 120, 80, 50, 30, 15), scales=SCALES)
+
+    def save_options(self, q):
+        return {"quality_mode": "rates", "quality_layers": [q], "irreversible": True}
+
+
+class JPEGXL(PillowAnchor):
+    name, pillow_format, description = "jpegxl", "JXL", "JPEG XL (libjxl via pillow-jxl-plugin)"
+    rate_control = RateControl("quality", (0, 100), True, (10, 25, 40, 55, 70, 85), scales=SCALES)
+
+    def unavailable_reason(self):
+        try:
+            import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
+        except ImportError as exc:
+            return f"pillow-jxl-plugin is not installed ({exc})"
+        return None
+
+    def save_options(self, q):
+        return {"quality": q, "effort": 7}
+
+
+class HEIF(PillowAnchor):
+    name, pillow_format, description = "heif", "HEIF", "HEIF container with x265 HEVC (libheif via pillow-heif)"
+    rate_control = RateControl("quality", (0, 100), True, (10, 25, 40, 55, 70, 85), scales=SCALES)
+
+    def unavailable_reason(self):
+        try:
+            import pillow_heif
+        except ImportError as exc:
+            return f"pillow-heif is not installed ({exc})"
+        pillow_heif.register_heif_opener()
+        return None
+
+
+# -- raw video bitstreams through ffmpeg / vvenc ----------------------------------------------------
+@lru_cache(maxsize=1)
+def ffmpeg_exe() -> str | None:
+    """ICM_FFMPEG, else the static ffmpeg that imageio-ffmpeg ships (it has libx265 and libvvenc), else PATH."""
+    if os.environ.get("ICM_FFMPEG"):
+        return os.environ["ICM_FFMPEG"]
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg")
+
+
+@lru_cache(maxsize=None)
+def ffmpeg_has(kind: str, name: str) -> bool:
+    exe = ffmpeg_exe()
+    if not exe:
+        return False
+    out = subprocess.run([exe, "-hide_banner", f"-{kind}"], capture_output=True, text=True).stdout
+    return any(line.split()[1:2] == [name] for line in out.splitlines() if line.strip())
+
+
+def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise BitstreamError(f"{Path(cmd[0]).name} failed: {err[-1] if err else proc.returncode}")
+    return proc.stdout
+
+
+def _pad_even(image: np.ndarray) -> np.ndarray:
+    # 4:2:0 needs even sizes; edge padding is cropped away after decoding.
+    h, w = image.shape[:2]
+    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+class FFmpegAnchor(Anchor):
+    """Intra coding of one frame; the payload is the raw elementary stream (no container overhead)."""
+
+    encoder = ""
+    decoder = ""
+    fmt = ""
+    pix_fmt = "yuv420p"
+
+    def unavailable_reason(self):
+        if not ffmpeg_exe():
+            return "no ffmpeg found (pip install imageio-ffmpeg, or set ICM_FFMPEG)"
+        for kind, n in (("encoders", self.encoder), ("decoders", self.decoder)):
+            if not ffmpeg_has(kind, n):
+                return f"ffmpeg at {ffmpeg_exe()} has no {n} {kind[:-1]}"
+        return None
+
+    def encoder_args(self, qp: int) -> list[str]:
+        raise NotImplementedError
+
+    def encode_pixels(self, image, qp):
+        padded = _pad_even(image)
+        h, w = padded.shape[:2]
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-i", "pipe:0", "-frames:v", "1", "-c:v", self.encoder, "-pix_fmt", self.pix_fmt,
+               *self.encoder_args(qp), "-f", self.fmt, "pipe:1"]
+        return _run(cmd, padded.tobytes())
+
+    def decode_pixels(self, data, width, height):
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", self.fmt, "-i", "pipe:0",
+               "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+        raw = _run(cmd, data)
+        pw, ph = width + width % 2, height + height % 2
+        if len(raw) != pw * ph * 3:
+            raise BitstreamError(f"decoder returned {len(raw)} bytes, expected {pw * ph * 3}")
+        return np.frombuffer(raw, np.uint8).reshape(ph, pw, 3)[:height, :width].copy()
+
+
+class HEVC(FFmpegAnchor):
+    name, encoder, decoder, fmt = "hevc", "libx265", "hevc", "hevc"
+    description = "HEVC intra, x265 at fixed QP, 4:2:0 (ffmpeg)"
+    rate_control = RateControl("qp", (0, 51), False, (22, 27, 32, 37, 42, 47), scales=SCALES)
+
+    def encoder_args(self, qp):
+        return ["-preset", "medium", "-x265-params", f"qp={qp}:keyint=1:log-level=error"]
+
+
+class VVC(FFmpegAnchor):
+    """VVC intra. Uses vvencapp/vvdecapp when both are on PATH (the reference tools), else ffmpeg's
+    libvvenc encoder and native vvc decoder, else reports itself unavailable."""
+
+    name, encoder, decoder, fmt = "vvc", "libvvenc", "vvc", "vvc"
+    pix_fmt = "yuv420p10le"  # vvenc codes 10-bit
+    description = "VVC intra at fixed QP, 4:2:0 10-bit (vvencapp/vvdecapp, or ffmpeg libvvenc)"
+    rate_control = RateControl("qp", (0, 63), False, (22, 27, 32, 37, 42, 47, 52), scales=SCALES)
+
+    def _vvenc_tools(self):
+        enc, dec = shutil.which("vvencapp"), shutil.which("vvdecapp")
+        return (enc, dec) if enc and dec else None
+
+    def unavailable_reason(self):
+        if self._vvenc_tools():
+            return None
+        reason = super().unavailable_reason()
+        return f"vvencapp/vvdecapp not on PATH and {reason}" if reason else None
+
+    def encoder_args(self, qp):
+        return ["-qp", str(qp), "-preset", "faster"]
+
+    def encode_pixels(self, image, qp):
+        tools = self._vvenc_tools()
+        if not tools:
+            return super().encode_pixels(image, qp)
+        padded = _pad_even(image)
+        h, w = padded.shape[:2]
+        with tempfile.TemporaryDirectory() as tmp:
+            yuv, out = Path(tmp, "in.yuv"), Path(tmp, "out.266")
+            yuv.write_bytes(_rgb_to_yuv420(padded))
+            _run([tools[0], "-i", str(yuv), "-s", f"{w}x{h}", "-c", "yuv420", "--qp", str(qp), "-f", "1",
+                  "--preset", "faster", "-o", str(out)])
+            return out.read_bytes()
+
+    def decode_pixels(self, data, width, height):
+        tools = self._vvenc_tools()
+        if not tools:
+            return super().decode_pixels(data, width, height)
+        pw, ph = width + width % 2, height + height % 2
+        with tempfile.TemporaryDirectory() as tmp:
+            bit, yuv = Path(tmp, "in.266"), Path(tmp, "out.yuv")
+            bit.write_bytes(data)
+            _run([tools[1], "-b", str(bit), "-o", str(yuv)])
+            return _yuv420_to_rgb(yuv.read_bytes(), pw, ph)[:height, :width].copy()
+
+
+# BT.601 full-range conversion for the vvencapp path; written by hand because that path deliberately
+# avoids needing ffmpeg. vvdecapp writes 10-bit output when the stream is 10-bit, handled below.
+_RGB2YUV = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _rgb_to_yuv420(rgb: np.ndarray) -> bytes:
+    yuv = rgb.astype(np.float64) @ _RGB2YUV.T + [0, 128, 128]
+    y = yuv[..., 0]
+    uv = yuv[..., 1:].reshape(rgb.shape[0] // 2, 2, rgb.shape[1] // 2, 2, 2).mean(axis=(1, 3))
+    planes = [y, uv[..., 0], uv[..., 1]]
+    return b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in planes)
+
+
+def _yuv420_to_rgb(raw: bytes, w: int, h: int) -> np.ndarray:
+    n = w * h + 2 * (w // 2) * (h // 2)
+    planes = np.frombuffer(raw, np.uint16).astype(np.float64) / 4 if len(raw) == 2 * n else np.frombuffer(raw, np.uint8).astype(np.float64)
+    y = planes[: w * h].reshape(h, w)
+    u = planes[w * h: w * h + (w // 2) * (h // 2)].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1)
+    v = planes[w * h + (w // 2) * (h // 2):].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1)
+    yuv = np.stack([y, u - 128, v - 128], axis=-1)
+    rgb = yuv @ np.linalg.inv(_RGB2YUV).T
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+ANCHORS = (JPEG, WebP, AVIF, JPEGXL, JPEG2000, HEIF, HEVC, VVC)

@@ -1,0 +1,174 @@
+"""CompressAI image architectures as icm codecs, one codec per architecture with one model per quality.
+
+Weights come, in order, from ``checkpoint`` (a file for one quality, or a folder holding zoo-named
+files), from torch.hub's cache, or from the CompressAI zoo URL, which fails offline with a clear
+message. Random weights only with ``weights="random"`` (seeded, so the weights hash is reproducible).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from icm.codecs import Codec, RateControl
+from icm.errors import BitstreamError, UserError
+
+ARCHITECTURES = {  # name -> (qualities, total downsampling of the last latent the decoder needs)
+    "bmshj2018-factorized": (8, 16),
+    "bmshj2018-hyperprior": (8, 64),
+    "mbt2018-mean": (8, 64),
+    "mbt2018": (8, 64),
+    "cheng2020-anchor": (6, 64),
+    "cheng2020-attn": (6, 64),
+}
+PAD_TO = 64  # every architecture above needs sizes divisible by 64 (two stride-4 stages)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def tensor_hash(state: dict) -> bytes:
+    """First 8 bytes of SHA-256 over the state dict in key order: names, shapes, dtypes and values."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.digest()[:8]
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """weights_only loading (torch >= 2.6 default); a user's file never gets arbitrary unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise UserError(f"checkpoint {path}: not a state dict of tensors")
+    return ckpt
+
+
+def to_tensor(image: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=torch.float32) / 255.0
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()).copy()
+
+
+def pad(x: torch.Tensor, multiple: int = PAD_TO) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+class CompressAICodec(Codec):
+    kind = "learned"
+
+    def __init__(self, arch: str, checkpoint: str | None = None, weights: str = "pretrained",
+                 device: str | None = None, metric: str = "mse"):
+        import compressai
+
+        if arch not in ARCHITECTURES:
+            raise UserError(f"unknown CompressAI architecture {arch!r}")
+        if weights not in ("pretrained", "random"):
+            raise UserError(f"weights must be 'pretrained' or 'random', not {weights!r}")
+        self.name = arch
+        self.arch, self.metric, self.weights = arch, metric, weights
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.device = torch.device(device) if device else default_device()
+        qualities, self.latent_stride = ARCHITECTURES[arch]
+        self.version = "cai" + ".".join(compressai.__version__.split(".")[:2])
+        self.description = f"CompressAI {arch} ({metric}), one model per quality"
+        self.rate_control = RateControl("quality", (1, qualities), True, tuple(range(1, qualities + 1)))
+        self._models: dict[int, torch.nn.Module] = {}
+        self._hashes: dict[int, bytes] = {}
+
+    # -- weights -------------------------------------------------------------------------------------
+    def model(self, quality: int) -> torch.nn.Module:
+        if quality not in self._models:
+            net = self._build(quality).to(self.device).eval()
+            self._models[quality] = net
+            self._hashes[quality] = tensor_hash(net.state_dict())
+        return self._models[quality]
+
+    def _build(self, quality: int) -> torch.nn.Module:
+        from compressai.zoo import image as zoo
+        from compressai.zoo.pretrained import load_pretrained
+
+        arch_cls = zoo.model_architectures[self.arch]
+        if self.weights == "random" and self.checkpoint is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(quality)
+                net = arch_cls(*zoo.cfgs[self.arch][quality])
+            net.update(force=True)
+            return net
+        state = load_checkpoint(self._checkpoint_file(quality, zoo))
+        try:
+            net = arch_cls.from_state_dict(load_pretrained(state))
+            net.update(force=True)
+        except Exception as exc:
+            raise UserError(f"checkpoint does not fit {self.arch} quality {quality} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]})") from None
+        return net
+
+    def _checkpoint_file(self, quality: int, zoo) -> Path:
+        url = zoo.model_urls[self.arch][self.metric][quality]
+        filename = url.rsplit("/", 1)[1]
+        if self.checkpoint is not None:
+            if self.checkpoint.is_dir():
+                found = self.checkpoint / filename
+                if not found.is_file():
+                    raise UserError(f"checkpoint folder {self.checkpoint} has no {filename}")
+                return found
+            return self.checkpoint
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        if cached.is_file():
+            return cached
+        try:
+            torch.hub.download_url_to_file(url, str(cached), progress=False)
+        except Exception as exc:
+            raise UserError(
+                f"cannot download {self.arch} quality {quality} weights from {url} ({type(exc).__name__}); "
+                f"offline? put {filename} in {cached.parent}, or pass --checkpoint FILE_OR_FOLDER, "
+                f"or --weights random for untrained weights") from None
+        return cached
+
+    def weights_hash(self, rate: dict) -> bytes:
+        self.model(rate["quality"])
+        return self._hashes[rate["quality"]]
+
+    # -- differentiable path for training --------------------------------------------------------
+    def forward(self, x: torch.Tensor, quality: int) -> dict:
+        """x in [0,1], Nx3xHxW with H, W divisible by 64: returns x_hat and the likelihoods."""
+        return self.model(quality)(x)
+
+    # -- coding ----------------------------------------------------------------------------------
+    def encode_streams(self, image, rate):
+        net = self.model(rate["quality"])
+        with torch.no_grad():
+            out = net.compress(pad(to_tensor(image, self.device)))
+        names = ["main", "hyper"]
+        return {names[i]: strings[0] for i, strings in enumerate(out["strings"])}
+
+    def decode_streams(self, streams, rate, width, height):
+        net = self.model(rate["quality"])
+        expected = ["main", "hyper"][: 1 if self.latent_stride == 16 else 2]
+        if sorted(streams) != sorted(expected):
+            raise BitstreamError(f"{self.name} needs streams {expected}, got {sorted(streams)}")
+        s = self.latent_stride
+        shape = ((height + PAD_TO - 1) // PAD_TO * PAD_TO // s, (width + PAD_TO - 1) // PAD_TO * PAD_TO // s)
+        with torch.no_grad():
+            x_hat = net.decompress([[streams[n]] for n in expected], shape)["x_hat"]
+        return to_image(x_hat[..., :height, :width])

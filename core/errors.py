@@ -1,0 +1,17 @@
+"""Errors the CLI turns into a one-line message and exit code 2 (no traceback)."""
+
+
+class IcmError(Exception):
+    """Base class of every error icm raises on purpose."""
+
+
+class UserError(IcmError):
+    """Bad input from the user: unknown names, unreadable files, out-of-range rates, corrupt bitstreams."""
+
+
+class BitstreamError(UserError):
+    """A bitstream that is corrupt, truncated, or made by another codec or other weights."""
+
+
+class CodecUnavailable(UserError):
+    """A registered codec whose backend is missing on this machine (e.g. vvencapp not on PATH)."""

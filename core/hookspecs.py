@@ -1,0 +1,37 @@
+"""Hook specifications. Every hook is prefixed ``icm_``; most are ``register`` hooks.
+
+Each ``register`` argument is a callable ``register(name, obj, **meta)``. Plugins, built-in ones included,
+implement these with ``@icm.hookimpl``. docs/plugins/hooks.md documents every hook here (a test checks).
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("icm")
+hookimpl = pluggy.HookimplMarker("icm")
+
+
+@hookspec
+def icm_register_codecs(register):
+    """Register codecs: ``register(name, factory, description=..., kind='anchor'|'learned')``.
+
+    ``factory(**options)`` returns an :class:`icm.codecs.Codec`. Options come from the CLI
+    (``--checkpoint``, ``--weights``, ``--device``) and are passed only when the codec accepts them.
+    """
+
+
+@hookspec
+def icm_register_tasks(register):
+    """Register task adapters: ``register(name, factory, description=..., metrics=[...])``.
+
+    ``factory(config=None, checkpoint=None, device=None)`` returns an :class:`icm.tasks.TaskAdapter`.
+    """
+
+
+@hookspec
+def icm_register_datasets(register):
+    """Register datasets: ``register(name, factory, description=...)``."""
+
+
+@hookspec
+def icm_register_commands(cli):
+    """Add click commands or groups to the ``icm`` command line: ``cli.add_command(...)``."""

@@ -1,0 +1,160 @@
+"""Plugin loading: built-ins and third-party plugins go through the same pluggy hooks.
+
+A plugin that fails to import, to validate (misspelled hook names) or to register is reported and
+skipped, so the CLI keeps working; ``ICM_STRICT_PLUGINS=1`` makes any such failure fatal.
+``ICM_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (empty string: none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+
+import pluggy
+
+from icm import hookspecs
+from icm.errors import IcmError
+from icm.registry import Registry
+
+ENTRY_POINT_GROUP = "icm"
+BUILTIN_PLUGINS = ("icm.builtin.codecs",)
+
+
+class PluginError(IcmError):
+    """Raised for a broken plugin when ICM_STRICT_PLUGINS=1."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str = ""
+    builtin: bool = False
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    plugin: str
+    stage: str  # "import", "validate", or the hook name
+    error: str
+
+
+class Plugins:
+    """The loaded plugin manager plus the registries its hooks filled."""
+
+    def __init__(self, strict: bool | None = None):
+        self.strict = os.environ.get("ICM_STRICT_PLUGINS", "") not in ("", "0") if strict is None else strict
+        self.pm = pluggy.PluginManager("icm")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self.failures: list[Failure] = []
+        self._registries = {
+            "icm_register_codecs": Registry("codec"),
+            "icm_register_tasks": Registry("task"),
+            "icm_register_datasets": Registry("dataset"),
+        }
+        self._registered = False
+
+    # The register hooks run on first use, so commands that need no codec (icm info) stay fast.
+    @property
+    def codecs(self) -> Registry:
+        return self._registry("icm_register_codecs")
+
+    @property
+    def tasks(self) -> Registry:
+        return self._registry("icm_register_tasks")
+
+    @property
+    def datasets(self) -> Registry:
+        return self._registry("icm_register_datasets")
+
+    def _registry(self, hookname: str) -> Registry:
+        if not self._registered:
+            self._registered = True
+            self._run_register_hooks()
+        return self._registries[hookname]
+
+    # -- loading -------------------------------------------------------------------------------------
+    def load(self) -> "Plugins":
+        for modname in BUILTIN_PLUGINS:
+            self._add(modname, lambda m=modname: importlib.import_module(m), version="", builtin=True)
+        wanted = os.environ.get("ICM_LOAD_PLUGINS")
+        allow = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allow is not None and ep.name not in allow:
+                continue
+            version = ep.dist.version if ep.dist is not None else ""
+            self._add(ep.name, ep.load, version=version, builtin=False)
+        return self
+
+    def register_plugin(self, plugin, name: str, version: str = "") -> None:
+        """Register an already-imported plugin object (used by tests and the pytest plugin)."""
+        self._add(name, lambda: plugin, version=version, builtin=False)
+        for registry in self._registries.values():  # re-run the register hooks on next use
+            registry._entries.clear()
+        for info in self.info.values():
+            info.registered.clear()
+        self._registered = False
+
+    def _add(self, name, loader, version, builtin) -> None:
+        try:
+            plugin = loader()
+        except Exception as exc:  # a broken import must not take the CLI down
+            self._fail(name, "import", exc)
+            return
+        try:
+            self.pm.register(plugin, name=name)
+            # check_pending catches hook names that match no spec (misspellings like icm_register_codec)
+            self.pm.check_pending()
+        except Exception as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self._fail(name, "validate", exc)
+            return
+        hooks = [impl.name for impl in self.pm.get_hookcallers(plugin) or []]
+        self.info[name] = PluginInfo(name, version, builtin, sorted(hooks))
+
+    def _run_register_hooks(self) -> None:
+        # Each plugin's hook is called on its own so that what it registered can be attributed to it
+        # and one failing plugin does not stop the others.
+        for hookname, registry in self._registries.items():
+            caller = getattr(self.pm.hook, hookname)
+            for impl in reversed(caller.get_hookimpls()):  # pluggy lists impls last-registered first
+                name = impl.plugin_name
+                added: list[str] = []
+
+                def register(item_name, obj, _name=name, _added=added, _reg=registry, **meta):
+                    _reg.register(item_name, obj, plugin=_name, **meta)
+                    _added.append(item_name)
+
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    for item in added:  # a half-registered plugin is removed whole
+                        registry._entries.pop(item, None)
+                    self._fail(name, hookname, exc)
+                    continue
+                if name in self.info:
+                    self.info[name].registered.setdefault(registry.kind, []).extend(added)
+
+    def _fail(self, name: str, stage: str, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if self.strict:
+            raise PluginError(f"plugin {name!r} failed at {stage}: {message}") from exc
+        self.failures.append(Failure(name, stage, message))
+        print(f"icm: warning: plugin {name!r} skipped ({stage}: {message})", file=sys.stderr)
+
+
+@lru_cache(maxsize=1)
+def get_plugins() -> Plugins:
+    """The process-wide plugin set, loaded once."""
+    return Plugins().load()
+
+
+def reset_plugins() -> None:
+    get_plugins.cache_clear()
