@@ -102,6 +102,8 @@ class Bitstream:
             raise BitstreamError(f"{source}: truncated or corrupt ({len(body) - reader.pos:+d} bytes unaccounted for)")
         if zlib.crc32(body) != crc:
             raise BitstreamError(f"{source}: checksum mismatch, the file is corrupt")
+        if width < 1 or height < 1:
+            raise BitstreamError(f"{source}: corrupt header (image size {width}x{height})")
         if colour_code not in COLOUR_FORMATS:
             raise BitstreamError(f"{source}: unknown colour format {colour_code}")
         try:
@@ -135,10 +137,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- primitive encoders (by hand: see module docstring) ------------------------------------------------

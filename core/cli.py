@@ -67,7 +67,7 @@ def codecs(as_json):
     for entry in plugins.codecs.entries():
         try:
             info = open_codec(entry.name).info()
-        except IcmError as exc:
+        except Exception as exc:  # a plugin's broken codec is listed as unavailable, not fatal
             info = {"name": entry.name, "available": False, "unavailable_reason": str(exc),
                     "kind": entry.meta.get("kind", "?"), "rate_control": "", "description": entry.meta.get("description", "")}
         info["plugin"] = entry.plugin
@@ -133,6 +133,10 @@ def encode(images, codec_name, quality, rate, scale, out_dir, checkpoint, weight
     rate_args = {"quality": quality, "rate": rate, "scale": scale}
     codec.check_rate(**rate_args)  # fail before any work on a bad rate
     codec.require_available()
+    stems = [Path(p).stem for p in images]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise UserError(f"several inputs would write the same output file: {', '.join(s + '.icm' for s in clashes)}")
     failed = 0
     for path in images:
         try:
@@ -141,6 +145,8 @@ def encode(images, codec_name, quality, rate, scale, out_dir, checkpoint, weight
             target = Path(out_dir) / (Path(path).stem + ".icm")
             size = bs.save(target)
         except UserError as exc:
+            if len(images) == 1:
+                raise
             failed += 1
             click.echo(f"icm: error: {exc}", err=True)
             continue
@@ -184,11 +190,20 @@ def info(file, as_json):
 
 def _add_plugin_commands() -> None:
     p = _plugins()
-    for impl in reversed(p.pm.hook.icm_register_commands.get_hookimpls()):
+    builtin = set(cli.commands)
+    for impl in p.pm.hook.icm_register_commands.get_hookimpls():
         try:
             impl.function(cli=cli)
+            taken = builtin & {n for n, c in cli.commands.items() if c is not BUILTIN_COMMANDS.get(n)}
+            if taken:
+                for n in taken:  # a plugin may add commands, never replace icm's own
+                    cli.commands[n] = BUILTIN_COMMANDS[n]
+                raise ValueError(f"tried to replace built-in command(s) {', '.join(sorted(taken))}")
         except Exception as exc:
             p._fail(impl.plugin_name, "icm_register_commands", exc)
+
+
+BUILTIN_COMMANDS = dict(cli.commands)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,6 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib import metadata
 
 import pluggy
@@ -124,7 +123,7 @@ class Plugins:
         # and one failing plugin does not stop the others.
         for hookname, registry in self._registries.items():
             caller = getattr(self.pm.hook, hookname)
-            for impl in reversed(caller.get_hookimpls()):  # pluggy lists impls last-registered first
+            for impl in caller.get_hookimpls():  # registration order: built-ins first, so they keep their names
                 name = impl.plugin_name
                 added: list[str] = []
 
@@ -143,18 +142,26 @@ class Plugins:
                     self.info[name].registered.setdefault(registry.kind, []).extend(added)
 
     def _fail(self, name: str, stage: str, exc: Exception) -> None:
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, nothing dropped
         if self.strict:
             raise PluginError(f"plugin {name!r} failed at {stage}: {message}") from exc
         self.failures.append(Failure(name, stage, message))
         print(f"icm: warning: plugin {name!r} skipped ({stage}: {message})", file=sys.stderr)
 
 
-@lru_cache(maxsize=1)
+_current: Plugins | None = None
+
+
 def get_plugins() -> Plugins:
-    """The process-wide plugin set, loaded once."""
-    return Plugins().load()
+    """The process-wide plugin set, loaded on first use."""
+    global _current
+    if _current is None:
+        _current = Plugins().load()
+    return _current
 
 
-def reset_plugins() -> None:
-    get_plugins.cache_clear()
+def set_plugins(plugins: Plugins | None) -> Plugins | None:
+    """Swap the process-wide plugin set (tests, the pytest plugin); returns the previous one."""
+    global _current
+    previous, _current = _current, plugins
+    return previous

@@ -12,7 +12,8 @@ MMCV_VERSION=2.1.0
 C="-c $ROOT/constraints.txt"
 
 stamp_inputs() {
-  cat scripts/setup.sh constraints.txt pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16
+  { cat scripts/setup.sh constraints.txt pyproject.toml; cat plugins/*/pyproject.toml 2>/dev/null || true; } \
+    | sha256sum | cut -c1-16
 }
 STAMP=$VENV/.icm-setup-stamp
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_inputs)" ]; then
@@ -61,7 +62,7 @@ fi
 log "icm core, plugins and test tools"
 $PIP $C -e "$ROOT[test]"
 for p in plugins/*/; do
-  [ -f "$p/pyproject.toml" ] && $PIP $C -e "$p"
+  if [ -f "$p/pyproject.toml" ]; then $PIP $C -e "$p"; fi
 done
 stamp_inputs > "$STAMP"
 log "done"

@@ -70,9 +70,18 @@ class Codec(ABC):
             raise CodecUnavailable(f"codec {self.name!r} is unavailable: {reason}")
 
     # -- rates -------------------------------------------------------------------------------------
-    def check_rate(self, quality=None, scale: float = 1.0, rate: float | None = None) -> dict:
-        """Validate a rate and return it as stored in the container."""
+    def check_rate(self, quality=None, scale: float = 1.0, rate: float | None = None, **named) -> dict:
+        """Validate a rate and return it as stored in the container.
+
+        The discrete index can be given as ``quality=`` or under the codec's own name (``qp=``...),
+        so the dicts from ``default_rates`` and from bitstream headers can be passed back in.
+        """
         rc = self.rate_control
+        if named:
+            unknown = set(named) - {rc.param}
+            if unknown or quality is not None:
+                raise UserError(f"codec {self.name!r} takes {rc.param}/quality, rate and scale, not {sorted(named)}")
+            quality = named[rc.param]
         out: dict = {}
         if rate is not None:
             if not rc.continuous:
@@ -118,6 +127,8 @@ class Codec(ABC):
     def to_bitstream(self, image: np.ndarray, **rate) -> Bitstream:
         self.require_available()
         _check_image(image)
+        if rate.get("rate") is not None and rate.get("quality") is not None:
+            raise UserError("give either --quality or --rate, not both")
         rate = self.check_rate(**rate)
         streams = self.encode_streams(image, rate)
         return Bitstream(self.name, self.version, self.weights_hash(rate), image.shape[1], image.shape[0], rate, streams)
@@ -128,6 +139,10 @@ class Codec(ABC):
             raise BitstreamError(f"{source}: made by codec {bs.codec!r}, not {self.name!r}")
         if bs.codec_version != self.version:
             raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version}, this is version {self.version}")
+        try:  # the header passed its checksum but may still carry a rate this codec cannot have
+            self.check_rate(**bs.rate)
+        except (UserError, TypeError) as exc:
+            raise BitstreamError(f"{source}: invalid rate {bs.rate} for {self.name} ({exc})") from None
         expected = self.weights_hash(bs.rate)
         if bs.weights_hash != expected:
             raise BitstreamError(

@@ -170,12 +170,20 @@ def _pad_even(image: np.ndarray) -> np.ndarray:
 
 
 class FFmpegAnchor(Anchor):
-    """Intra coding of one frame; the payload is the raw elementary stream (no container overhead)."""
+    """Intra coding of one frame; the payload is the raw elementary stream (no container overhead).
+
+    RGB <-> YUV 4:2:0 is done here, not by ffmpeg, so that every backend (ffmpeg, vvencapp) and
+    every anchor uses the same colour conversion and only the codec differs.
+    """
 
     encoder = ""
     decoder = ""
     fmt = ""
-    pix_fmt = "yuv420p"
+    bits = 8
+
+    @property
+    def pix_fmt(self) -> str:
+        return "yuv420p" if self.bits == 8 else f"yuv420p{self.bits}le"
 
     def unavailable_reason(self):
         if not ffmpeg_exe():
@@ -191,19 +199,16 @@ class FFmpegAnchor(Anchor):
     def encode_pixels(self, image, qp):
         padded = _pad_even(image)
         h, w = padded.shape[:2]
-        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{w}x{h}", "-i", "pipe:0", "-frames:v", "1", "-c:v", self.encoder, "-pix_fmt", self.pix_fmt,
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", self.pix_fmt,
+               "-s", f"{w}x{h}", "-i", "pipe:0", "-frames:v", "1", "-c:v", self.encoder,
                *self.encoder_args(qp), "-f", self.fmt, "pipe:1"]
-        return _run(cmd, padded.tobytes())
+        return _run(cmd, rgb_to_yuv420(padded, self.bits))
 
     def decode_pixels(self, data, width, height):
         cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", self.fmt, "-i", "pipe:0",
-               "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-        raw = _run(cmd, data)
+               "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         pw, ph = width + width % 2, height + height % 2
-        if len(raw) != pw * ph * 3:
-            raise BitstreamError(f"decoder returned {len(raw)} bytes, expected {pw * ph * 3}")
-        return np.frombuffer(raw, np.uint8).reshape(ph, pw, 3)[:height, :width].copy()
+        return yuv420_to_rgb(_run(cmd, data), pw, ph)[:height, :width].copy()
 
 
 class HEVC(FFmpegAnchor):
@@ -212,7 +217,8 @@ class HEVC(FFmpegAnchor):
     rate_control = RateControl("qp", (0, 51), False, (22, 27, 32, 37, 42, 47), scales=SCALES)
 
     def encoder_args(self, qp):
-        return ["-preset", "medium", "-x265-params", f"qp={qp}:keyint=1:log-level=error"]
+        # info=0: x265 otherwise writes ~2 KB of version/settings SEI into every stream
+        return ["-preset", "medium", "-x265-params", f"qp={qp}:keyint=1:info=0:log-level=error"]
 
 
 class VVC(FFmpegAnchor):
@@ -220,7 +226,7 @@ class VVC(FFmpegAnchor):
     libvvenc encoder and native vvc decoder, else reports itself unavailable."""
 
     name, encoder, decoder, fmt = "vvc", "libvvenc", "vvc", "vvc"
-    pix_fmt = "yuv420p10le"  # vvenc codes 10-bit
+    bits = 10  # vvenc codes 10-bit internally; feeding 10-bit avoids a second rounding
     description = "VVC intra at fixed QP, 4:2:0 10-bit (vvencapp/vvdecapp, or ffmpeg libvvenc)"
     rate_control = RateControl("qp", (0, 63), False, (22, 27, 32, 37, 42, 47, 52), scales=SCALES)
 
@@ -245,8 +251,8 @@ class VVC(FFmpegAnchor):
         h, w = padded.shape[:2]
         with tempfile.TemporaryDirectory() as tmp:
             yuv, out = Path(tmp, "in.yuv"), Path(tmp, "out.266")
-            yuv.write_bytes(_rgb_to_yuv420(padded))
-            _run([tools[0], "-i", str(yuv), "-s", f"{w}x{h}", "-c", "yuv420", "--qp", str(qp), "-f", "1",
+            yuv.write_bytes(rgb_to_yuv420(padded, self.bits))
+            _run([tools[0], "-i", str(yuv), "-s", f"{w}x{h}", "-c", "yuv420_10", "--qp", str(qp), "-f", "1",
                   "--preset", "faster", "-o", str(out)])
             return out.read_bytes()
 
@@ -259,30 +265,39 @@ class VVC(FFmpegAnchor):
             bit, yuv = Path(tmp, "in.266"), Path(tmp, "out.yuv")
             bit.write_bytes(data)
             _run([tools[1], "-b", str(bit), "-o", str(yuv)])
-            return _yuv420_to_rgb(yuv.read_bytes(), pw, ph)[:height, :width].copy()
+            return yuv420_to_rgb(yuv.read_bytes(), pw, ph)[:height, :width].copy()
 
 
-# BT.601 full-range conversion for the vvencapp path; written by hand because that path deliberately
-# avoids needing ffmpeg. vvdecapp writes 10-bit output when the stream is 10-bit, handled below.
+# BT.601 full-range RGB <-> YUV 4:2:0 (chroma: 2x2 mean down, nearest up). Written by hand so the
+# conversion is identical for every backend; numpy has no colour-space helpers and Pillow's YCbCr is 4:4:4 only.
 _RGB2YUV = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_YUV2RGB = np.linalg.inv(_RGB2YUV)
 
 
-def _rgb_to_yuv420(rgb: np.ndarray) -> bytes:
-    yuv = rgb.astype(np.float64) @ _RGB2YUV.T + [0, 128, 128]
-    y = yuv[..., 0]
-    uv = yuv[..., 1:].reshape(rgb.shape[0] // 2, 2, rgb.shape[1] // 2, 2, 2).mean(axis=(1, 3))
-    planes = [y, uv[..., 0], uv[..., 1]]
-    return b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in planes)
+def rgb_to_yuv420(rgb: np.ndarray, bits: int = 8) -> bytes:
+    scale = 2 ** (bits - 8)
+    yuv = (rgb.astype(np.float64) @ _RGB2YUV.T + [0, 128, 128]) * scale
+    h, w = rgb.shape[:2]
+    uv = yuv[..., 1:].reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))
+    dtype = np.uint8 if bits == 8 else np.dtype("<u2")
+    top = 2**bits - 1
+    return b"".join(np.clip(np.rint(p), 0, top).astype(dtype).tobytes() for p in (yuv[..., 0], uv[..., 0], uv[..., 1]))
 
 
-def _yuv420_to_rgb(raw: bytes, w: int, h: int) -> np.ndarray:
+def yuv420_to_rgb(raw: bytes, w: int, h: int) -> np.ndarray:
+    """Decode raw planar 4:2:0; 8-bit or 16-bit-container (10-bit) samples, told apart by size."""
     n = w * h + 2 * (w // 2) * (h // 2)
-    planes = np.frombuffer(raw, np.uint16).astype(np.float64) / 4 if len(raw) == 2 * n else np.frombuffer(raw, np.uint8).astype(np.float64)
+    if len(raw) == 2 * n:
+        planes = np.frombuffer(raw, "<u2").astype(np.float64) / 4
+    elif len(raw) == n:
+        planes = np.frombuffer(raw, np.uint8).astype(np.float64)
+    else:
+        raise BitstreamError(f"decoder returned {len(raw)} bytes for a {w}x{h} 4:2:0 frame")
+    c = (w // 2) * (h // 2)
     y = planes[: w * h].reshape(h, w)
-    u = planes[w * h: w * h + (w // 2) * (h // 2)].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1)
-    v = planes[w * h + (w // 2) * (h // 2):].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1)
-    yuv = np.stack([y, u - 128, v - 128], axis=-1)
-    rgb = yuv @ np.linalg.inv(_RGB2YUV).T
+    u = planes[w * h: w * h + c].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1)
+    v = planes[w * h + c:].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1)
+    rgb = np.stack([y, u - 128, v - 128], axis=-1) @ _YUV2RGB.T
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 

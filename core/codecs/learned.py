@@ -8,6 +8,7 @@ message. Random weights only with ``weights="random"`` (seeded, so the weights h
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,17 @@ class CompressAICodec(Codec):
 
     def __init__(self, arch: str, checkpoint: str | None = None, weights: str = "pretrained",
                  device: str | None = None, metric: str = "mse"):
-        import compressai
+        with warnings.catch_warnings():  # compressai's import trips torch's jit.script deprecation warning
+            warnings.simplefilter("ignore", FutureWarning)
+            import compressai
+            import compressai.zoo  # noqa: F401
 
         if arch not in ARCHITECTURES:
             raise UserError(f"unknown CompressAI architecture {arch!r}")
         if weights not in ("pretrained", "random"):
             raise UserError(f"weights must be 'pretrained' or 'random', not {weights!r}")
+        if weights == "random" and checkpoint:
+            raise UserError("--weights random and --checkpoint contradict each other; give one")
         self.name = arch
         self.arch, self.metric, self.weights = arch, metric, weights
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -108,7 +114,7 @@ class CompressAICodec(Codec):
         from compressai.zoo.pretrained import load_pretrained
 
         arch_cls = zoo.model_architectures[self.arch]
-        if self.weights == "random" and self.checkpoint is None:
+        if self.weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(quality)
                 net = arch_cls(*zoo.cfgs[self.arch][quality])
@@ -118,9 +124,14 @@ class CompressAICodec(Codec):
         try:
             net = arch_cls.from_state_dict(load_pretrained(state))
             net.update(force=True)
+            widths = (net.N, net.M) if hasattr(net, "M") else (net.N,) if hasattr(net, "N") else None
         except Exception as exc:
             raise UserError(f"checkpoint does not fit {self.arch} quality {quality} ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]})") from None
+        # CompressAI sizes its models by quality; a checkpoint of another size is another quality
+        if widths is not None and tuple(widths) != tuple(zoo.cfgs[self.arch][quality]):
+            raise UserError(f"checkpoint has channel widths {widths}, but {self.arch} quality {quality} "
+                            f"has {zoo.cfgs[self.arch][quality]}: wrong quality for this checkpoint?")
         return net
 
     def _checkpoint_file(self, quality: int, zoo) -> Path:
@@ -137,6 +148,7 @@ class CompressAICodec(Codec):
         if cached.is_file():
             return cached
         try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(cached), progress=False)
         except Exception as exc:
             raise UserError(

@@ -1,0 +1,22 @@
+import inspect
+from pathlib import Path
+
+from icm import hookspecs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_every_hookspec_is_in_the_hook_reference():
+    reference = (DOCS / "plugins" / "hooks.md").read_text()
+    specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("icm_")]
+    assert specs, "no hookspecs found"
+    missing = [n for n in specs if f"## {n}" not in reference]
+    assert not missing, f"hooks missing from docs/plugins/hooks.md: {missing}"
+
+
+def test_every_cli_command_is_in_the_cli_reference():
+    from icm.cli import cli
+
+    reference = (DOCS / "cli.md").read_text()
+    missing = [n for n in cli.commands if f"icm {n}" not in reference]
+    assert not missing, f"commands missing from docs/cli.md: {missing}"
