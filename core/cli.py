@@ -190,7 +190,7 @@ def info(file, as_json):
 
 def _add_plugin_commands() -> None:
     p = _plugins()
-    builtin = set(cli.commands)
+    builtin = set(BUILTIN_COMMANDS)
     for impl in p.pm.hook.icm_register_commands.get_hookimpls():
         try:
             impl.function(cli=cli)

@@ -20,7 +20,7 @@ from icm.errors import IcmError
 from icm.registry import Registry
 
 ENTRY_POINT_GROUP = "icm"
-BUILTIN_PLUGINS = ("icm.builtin.codecs",)
+BUILTIN_PLUGINS = ("icm.builtin.codecs", "icm.builtin.datasets")
 
 
 class PluginError(IcmError):

@@ -2,14 +2,32 @@
 
 Pipelines only talk to this interface, so an OpenMMLab model, a torchvision model or a hand-written
 one plug in the same way. See docs/plugins/tutorial.md.
+
+Conventions shared by every adapter:
+- pixels are float tensors (N, 3, H, W) in [0, 1], RGB: exactly what a codec decodes, and
+  differentiable so codecs can be trained through the task;
+- a batch is :class:`Batch`: the pixels plus the dataset records of those images (``id``,
+  ``file_name``, ``width``, ``height``); ground truth is looked up by image id in the bound dataset;
+- predictions are plain per-image python objects (dicts of numpy arrays / lists), so pipelines can
+  cache them and use them as pseudo ground truth.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    samples: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
 
 class Evaluator(ABC):
@@ -18,7 +36,7 @@ class Evaluator(ABC):
     primary: str = ""
 
     @abstractmethod
-    def process(self, predictions: Any, batch: Any) -> None: ...
+    def process(self, predictions: list[Any], samples: list[dict]) -> None: ...
 
     @abstractmethod
     def compute(self) -> dict[str, float]: ...
@@ -27,19 +45,29 @@ class Evaluator(ABC):
 class TaskAdapter(ABC):
     name: str = ""
     consumes: str = "pixels"  # "pixels" now; "features" for adapters that read decoded features
+    primary_metric: str = ""
     metrics: tuple[str, ...] = ()
 
-    @abstractmethod
-    def predict(self, batch: Any) -> Any:
-        """Run the frozen task model on a batch of decoded images."""
+    def __init__(self):
+        self.dataset = None
+
+    def bind(self, dataset) -> "TaskAdapter":
+        """Attach the dataset whose annotations ``loss`` and ``evaluator`` use."""
+        self.dataset = dataset
+        return self
 
     @abstractmethod
-    def evaluator(self, pseudo_ground_truth: Any = None) -> Evaluator:
-        """A fresh evaluator; with ``pseudo_ground_truth`` (predictions on the uncompressed images)
-        it scores against those instead of labels, for datasets without labels."""
+    def predict(self, batch: Batch) -> list[Any]:
+        """Run the frozen task model; one prediction per image, in the original image size."""
 
     @abstractmethod
-    def loss(self, decoded: torch.Tensor, batch: Any) -> torch.Tensor:
+    def evaluator(self, pseudo_ground_truth: dict[int, Any] | None = None) -> Evaluator:
+        """A fresh evaluator over the bound dataset. With ``pseudo_ground_truth`` (image id ->
+        prediction on the uncompressed image) it scores against those instead of labels: the
+        label-free mode for datasets without annotations."""
+
+    @abstractmethod
+    def loss(self, decoded: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The task's own training loss against ground truth, differentiable w.r.t. ``decoded``."""
 
     @abstractmethod
@@ -47,5 +75,10 @@ class TaskAdapter(ABC):
         """Distillation targets (e.g. FPN levels for detection)."""
 
     def objectness(self, x: torch.Tensor) -> list[torch.Tensor] | None:
-        """Per-location importance maps aligned with ``features`` (None when the task has none)."""
+        """Per-location importance maps, one (N, 1, h, w) per ``features`` level, or None."""
         return None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The underlying frozen network (training scripts unfreeze a copy)."""
+        raise NotImplementedError

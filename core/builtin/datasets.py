@@ -1,0 +1,63 @@
+"""Registers the built-in ``shapes`` dataset and the ``icm data`` commands that write datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from icm import hookimpl
+
+
+def data_home() -> Path:
+    """Where datasets are generated on first use: ``$ICM_DATA``, else ``~/.cache/icm/data``."""
+    return Path(os.environ.get("ICM_DATA") or "~/.cache/icm/data").expanduser()
+
+
+def shapes(split: str = "val", root: str | Path | None = None):
+    """The default ``shapes`` dataset (800 train / 100 val, 128 px), generated once into the cache."""
+    from icm.datasets import Dataset
+    from icm.datasets.shapes import generate
+
+    root = Path(root) if root else data_home() / "shapes"
+    generate(root)
+    return Dataset.from_folder(root, split)
+
+
+@hookimpl
+def icm_register_datasets(register):
+    register("shapes", shapes, description="synthetic detection/segmentation/panoptic/keypoint/classification "
+                                           "benchmark; generated on first use into $ICM_DATA/shapes")
+
+
+@hookimpl
+def icm_register_commands(cli):
+    cli.add_command(data)
+
+
+@click.group()
+def data():
+    """Write datasets to disk."""
+
+
+@data.command("shapes")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--train", default=800, show_default=True, type=click.IntRange(min=0), help="Training images.")
+@click.option("--val", default=100, show_default=True, type=click.IntRange(min=0), help="Validation images.")
+@click.option("--size", default=128, show_default=True, type=click.IntRange(32, 4096), help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Same seed, same bytes.")
+def shapes_command(out_dir, train, val, size, seed):
+    """Generate the synthetic shapes benchmark into OUT (skipped if already there)."""
+    import json
+
+    from icm.datasets.shapes import VERSION, generate, is_current
+
+    params = {"train": train, "val": val, "size": size, "seed": seed, "version": VERSION}
+    fresh = not is_current(out_dir, params)
+    index_path = generate(out_dir, train=train, val=val, size=size, seed=seed)
+    index = json.loads(index_path.read_text())
+    for split, paths in index["splits"].items():
+        files = ", ".join(f"{k} {paths[k]}" for k in paths if k not in ("images_dir", "num_images"))
+        click.echo(f"{split}: {paths['num_images']} images in {Path(out_dir) / paths['images_dir']}; {files}")
+    click.echo(f"{index_path}  {'written' if fresh else 'already up to date'}")

@@ -1,0 +1,145 @@
+"""The one place icm touches mmengine's registry scopes, config loading and checkpoint loading.
+
+Facts this wraps (see the stack notes): scopes clash across mmdet/mmseg/mmpose/mmpretrain in one
+process and a nested type silently resolves in the *current default* scope, so every model is built
+inside its own library's scope; mmengine 0.10.7 calls torch.load without weights_only, so icm loads
+checkpoints itself; init_cfg/pretrained entries download at init_weights() time, so they are cleared.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from icm.errors import UserError
+
+SCOPES = {"mmdet": "mmdet.utils", "mmseg": "mmseg.utils", "mmpose": "mmpose.utils", "mmpretrain": "mmpretrain.utils"}
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+
+@contextmanager
+def scope(lib: str):
+    """Build and run ``lib`` models with ``lib`` as mmengine's default scope."""
+    from mmengine.registry import DefaultScope
+
+    importlib.import_module(SCOPES[lib]).register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope(lib):
+        yield
+
+
+def load_config(config, lib: str):
+    """An mmengine Config from a path or a dict; a missing or broken file is a one-line UserError."""
+    from mmengine.config import Config
+
+    if isinstance(config, dict):
+        return Config(copy.deepcopy(config))
+    path = Path(config)
+    if not path.is_file():
+        raise UserError(f"config {path}: no such file")
+    try:
+        return Config.fromfile(str(path))
+    except Exception as exc:
+        raise UserError(f"config {path}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def strip_downloads(cfg) -> None:
+    """Remove init_cfg/pretrained entries that would download weights at init time (offline machine)."""
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("init_cfg"), dict) and node["init_cfg"].get("type") == "Pretrained":
+                node["init_cfg"] = None
+            if isinstance(node.get("pretrained"), str):
+                node["pretrained"] = None
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+
+    walk(cfg.model)
+
+
+def read_state_dict(checkpoint: str) -> dict:
+    """Load a checkpoint (local path or URL) with weights_only=True and return its state dict.
+
+    A URL goes through torch.hub's cache; offline it fails with a clear message. Checkpoints whose
+    ``meta`` holds numpy objects (all mmpose ones) load because numpy's reconstructors are
+    allow-listed; arbitrary classes never are.
+    """
+    import numpy as np
+
+    if "://" in str(checkpoint):
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / str(checkpoint).rsplit("/", 1)[1]
+        if not cached.is_file():
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(str(checkpoint), str(cached), progress=False)
+            except Exception as exc:
+                raise UserError(f"cannot download checkpoint {checkpoint} ({type(exc).__name__}); offline? "
+                                f"download it elsewhere and pass its local path") from None
+        checkpoint = cached
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype("float64")), np.float64]
+    try:
+        with torch.serialization.safe_globals([g for g in safe if g is not None]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path}: cannot load safely ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path}: no state dict of tensors in it")
+    return state
+
+
+def build_model(cfg, lib: str, checkpoint: str | None, device=None, strict: bool = True) -> torch.nn.Module:
+    """Build ``cfg.model`` in ``lib``'s scope, load weights, freeze, and move to ``device``."""
+    from mmengine.registry import MODELS
+
+    strip_downloads(cfg)
+    with scope(lib):
+        try:
+            model = MODELS.build(cfg.model)
+        except Exception as exc:
+            raise UserError(f"cannot build the {lib} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if checkpoint:
+        state = read_state_dict(checkpoint)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if strict and (missing or unexpected):
+            raise UserError(f"checkpoint {checkpoint} does not fit the {lib} config: {len(missing)} missing keys "
+                            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    model.cfg = cfg
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return freeze(model.to(device))
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """eval() + no parameter gradients; losses still flow into the *input* pixels."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def normalise(x01: torch.Tensor, cfg) -> torch.Tensor:
+    """[0,1] RGB (N,3,H,W) -> the normalised input the config's data preprocessor would produce.
+
+    Done by hand (not through the data preprocessor) so gradients reach the decoded pixels and no
+    padding to a training crop size happens. OpenMMLab loads images as BGR; ``bgr_to_rgb``/``to_rgb``
+    in the config says the model itself consumes RGB, otherwise it consumes BGR.
+    """
+    dp = cfg.model.get("data_preprocessor", {}) or {}
+    consumes_rgb = dp.get("bgr_to_rgb", dp.get("to_rgb", False))
+    x = x01 * 255.0
+    if not consumes_rgb:
+        x = x.flip(1)
+    mean = torch.tensor(dp.get("mean", MEAN), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(dp.get("std", STD), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std

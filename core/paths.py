@@ -1,0 +1,17 @@
+"""Where icm finds its shipped configs and weights: ``$ICM_CONFIGS`` or the repository's configs/."""
+
+import os
+from pathlib import Path
+
+from icm.errors import UserError
+
+
+def configs_dir() -> Path:
+    return Path(os.environ.get("ICM_CONFIGS") or Path(__file__).resolve().parents[1] / "configs")
+
+
+def shipped(relative: str) -> Path:
+    path = configs_dir() / relative
+    if not path.exists():
+        raise UserError(f"shipped file {relative} not found under {configs_dir()} (set ICM_CONFIGS to the repo's configs/)")
+    return path

@@ -1,0 +1,1 @@
+"""icm task adapters for mmdet: det, inst and panoptic."""
