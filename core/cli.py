@@ -203,6 +203,13 @@ def _add_plugin_commands() -> None:
             p._fail(impl.plugin_name, "icm_register_commands", exc)
 
 
+def _add_builtin_commands() -> None:
+    from icm.evaluation.command import evaluate
+
+    cli.add_command(evaluate)
+
+
+_add_builtin_commands()
 BUILTIN_COMMANDS = dict(cli.commands)
 
 

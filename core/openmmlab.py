@@ -32,6 +32,26 @@ def scope(lib: str):
         yield
 
 
+@contextmanager
+def quiet():
+    """Silence what OpenMMLab metrics and pycocotools print (tables, 'loading annotations...'):
+    icm reports metrics itself, and the CLI output must stay readable."""
+    import contextlib
+    import io
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_config(config, lib: str):
     """An mmengine Config from a path or a dict; a missing or broken file is a one-line UserError."""
     from mmengine.config import Config

@@ -166,6 +166,13 @@ class CompressAICodec(Codec):
         """x in [0,1], Nx3xHxW with H, W divisible by 64: returns x_hat and the likelihoods."""
         return self.model(quality)(x)
 
+    def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
+        """Bits the entropy model expects for this image (Le §5.4: compare with the real file size)."""
+        net = self.model(rate["quality"])
+        with torch.no_grad():
+            out = net(pad(to_tensor(image, self.device)))
+        return float(sum(-torch.log2(v).sum() for v in out["likelihoods"].values()))
+
     # -- coding ----------------------------------------------------------------------------------
     def encode_streams(self, image, rate):
         net = self.model(rate["quality"])

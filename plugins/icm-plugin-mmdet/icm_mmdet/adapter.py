@@ -46,10 +46,7 @@ class MMDetAdapter(TaskAdapter):
 
         if self.dataset is None or "instances" not in self.dataset.annotations:
             raise UserError(f"task {self.name}: the dataset has no COCO instances annotations")
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        with openmmlab.quiet():
             return COCO(str(self.dataset.annotations["instances"]))
 
     @cached_property
@@ -177,7 +174,8 @@ class CocoEvaluator(Evaluator):
         ann_file = adapter.dataset.annotations["instances"]
         if pseudo_ground_truth is not None:
             ann_file = self._pseudo_json(adapter, pseudo_ground_truth, pseudo_score_thr)
-        self.metric = CocoMetric(ann_file=str(ann_file), metric=[adapter.iou_type], format_only=False)
+        with openmmlab.quiet():
+            self.metric = CocoMetric(ann_file=str(ann_file), metric=[adapter.iou_type], format_only=False)
         self.metric.dataset_meta = {"classes": tuple(adapter.classes)}
         self.ids: list[int] = []
 
@@ -214,11 +212,8 @@ class CocoEvaluator(Evaluator):
         self.metric.process({}, data)
 
     def compute(self):
-        import contextlib
-        import io
-
         self.metric.img_ids = sorted(set(self.ids))
-        with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables
+        with openmmlab.quiet():
             res = self.metric.compute_metrics(self.metric.results)
         return {k: float(v) for k, v in res.items() if not isinstance(v, str)}
 

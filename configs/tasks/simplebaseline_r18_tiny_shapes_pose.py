@@ -1,0 +1,26 @@
+# A small top-down SimpleBaseline (Xiao et al. 2018) for the 5-keypoint `figure` of the 128x128 `shapes`
+# benchmark: ResNet-18 at quarter width (stem and base 32 channels) on 64x64 crops of the ground-truth
+# figure boxes (expanded 1.25x, made square), three 64-channel deconvolutions to 16x16 heatmaps.
+# The backbone returns all four stages (the head reads the last) so the icm adapter can hand them out
+# as distillation features. Unbiased (DARK) encoding/decoding keeps the 4x heatmap stride accurate.
+# Trained by: .venv/bin/python scripts/train_task_model.py pose   (icm-plugin-mmpose)
+codec = dict(type="MSRAHeatmap", input_size=(64, 64), heatmap_size=(16, 16), sigma=2, unbiased=True,
+             blur_kernel_size=11)
+model = dict(
+    type="TopdownPoseEstimator",
+    data_preprocessor=dict(type="PoseDataPreprocessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                           bgr_to_rgb=True),
+    backbone=dict(type="ResNet", depth=18, stem_channels=32, base_channels=32, num_stages=4, out_indices=(0, 1, 2, 3),
+                  frozen_stages=-1, norm_cfg=dict(type="BN", requires_grad=True), norm_eval=False, style="pytorch",
+                  init_cfg=None),
+    head=dict(type="HeatmapHead", in_channels=256, out_channels=5, deconv_out_channels=(64, 64, 64),
+              deconv_kernel_sizes=(4, 4, 4), loss=dict(type="KeypointMSELoss", use_target_weight=True), decoder=codec),
+    # flip test: the icm adapter averages the keypoints decoded from the crop and its mirror (no heatmap shift)
+    test_cfg=dict(flip_test=True, flip_mode="heatmap", shift_heatmap=False),
+)
+# Used when the bound dataset's meta lacks them (the `shapes` values).
+dataset_meta = dict(
+    keypoint_names=["head", "left_hand", "right_hand", "left_foot", "right_foot"],
+    flip_pairs=[[1, 2], [3, 4]],
+    sigmas=[0.05, 0.07, 0.07, 0.08, 0.08],
+)

@@ -1,0 +1,107 @@
+"""`icm evaluate`: the command-line face of icm.evaluation.run."""
+
+from __future__ import annotations
+
+import click
+
+from icm.errors import UserError
+from icm.evaluation.config import DEFAULT_ANCHORS, CodecSpec, Experiment, add_anchors, load_experiment, parse_rates, parse_task
+
+GRID = [1.0, 0.75, 0.5, 0.25]
+DEFAULT_CODECS = ("icm-hyperprior-mse",)  # the best shipped learned codec(s), used when their weights exist
+
+
+@click.command()
+@click.option("--tasks", help="Comma-separated tasks (default: every installed task). See `icm tasks`.")
+@click.option("--task", "task_models", multiple=True, metavar="NAME=CONFIG[:CKPT]",
+              help="Swap in another model for a task: any OpenMMLab config, checkpoint path or URL.")
+@click.option("--codec", "codecs", multiple=True, help="Codec to evaluate (repeatable; default: the shipped codec).")
+@click.option("--rates", help="Rate points for --codec: quality indices '1,3,5' or 'rate=0.1,0.4'.")
+@click.option("--checkpoint", help="Checkpoint file or folder for the --codec learned codecs.")
+@click.option("--anchors", help=f"Comma-separated anchors (default: {','.join(DEFAULT_ANCHORS)}; '' for none).")
+@click.option("--anchor-grid", is_flag=True, help="Run anchors on the QP x resolution grid (100/75/50/25 %, Le §4.2).")
+@click.option("--reference", help="Anchor the BD-rates are measured against (default: hevc).")
+@click.option("--dataset", help="Registered dataset name, a dataset folder, or a dataset config (default: shapes).")
+@click.option("--split", help="Dataset split (default: val).")
+@click.option("--limit", type=int, help="Use only the first N images.")
+@click.option("--out", help="Output folder (default: results/evaluate).")
+@click.option("--config", "config_path", type=click.Path(), help="An experiment TOML (see configs/experiments/).")
+@click.option("--label-free", is_flag=True, help="Score against predictions on the uncompressed images, not labels.")
+@click.option("--device", help="torch device for task models (default: cuda if available, else cpu).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid, reference, dataset, split, limit, out,
+             config_path, label_free, device, no_progress):
+    """Encode each image once per codec and rate, decode once, and evaluate every task on it."""
+    from icm.evaluation.run import evaluate as run
+    from icm.plugins import get_plugins
+
+    exp = load_experiment(config_path) if config_path else Experiment()
+    plugins = get_plugins()
+    if tasks:
+        exp.tasks = [parse_task(t) for t in tasks.split(",") if t.strip()]
+    elif not exp.tasks:
+        exp.tasks = [parse_task(t) for t in plugins.tasks.names()]
+    for spec in (parse_task(t) for t in task_models):
+        if "=" not in next(t for t in task_models if t.startswith(spec.name)):
+            raise UserError(f"--task {spec.name}: expected NAME=CONFIG[:CHECKPOINT]")
+        exp.tasks = [t for t in exp.tasks if t.name != spec.name] + [spec]
+    if not exp.tasks:
+        raise UserError("no tasks: install a task plugin (see `icm tasks`)")
+    for t in exp.tasks:
+        plugins.tasks.entry(t.name)  # unknown task -> one-line error now, not after encoding
+    rate_list = parse_rates(rates) if rates else None
+    options = {"checkpoint": checkpoint} if checkpoint else {}
+    if codecs:
+        exp.codecs = [CodecSpec(n, rates=rate_list, options=options) for n in codecs]
+    elif not exp.codecs:
+        for name in DEFAULT_CODECS:
+            if name in plugins.codecs:
+                exp.codecs.append(CodecSpec(name, rates=rate_list))
+    for c in exp.codecs:
+        plugins.codecs.entry(c.name)
+    if anchors is not None or not any(c.anchor for c in exp.codecs):
+        names = [a for a in (anchors if anchors is not None else ",".join(DEFAULT_ANCHORS)).split(",") if a.strip()]
+        exp.codecs = [c for c in exp.codecs if not c.anchor]
+        add_anchors(exp, names, GRID if anchor_grid else [1.0])
+    for key, value in (("reference", reference), ("dataset", dataset), ("split", split), ("limit", limit),
+                       ("out", out), ("device", device)):
+        if value is not None:
+            setattr(exp, key, value)
+    exp.label_free = exp.label_free or label_free
+    if exp.limit is not None and exp.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if exp.reference not in {c.name for c in exp.codecs}:
+        raise UserError(f"reference {exp.reference!r} is not among the evaluated codecs/anchors")
+    summary = run(exp, progress=not no_progress)
+    if summary is None:
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for task, a in summary["analysis"].items():
+        if task == "_psnr":
+            continue
+        table = Table(title=f"{task}: {a['primary']} (uncompressed {a['uncompressed']:.3f}); BD vs {a['reference']}"
+                      if a["uncompressed"] is not None else task, title_justify="left")
+        for col in ("codec", "BD-rate %", "BD-metric", "points"):
+            table.add_column(col)
+        for codec, curve in sorted(a["curves"].items()):
+            bd = a["bd"].get(codec, {})
+            table.add_row(codec, "ref" if codec == a["reference"] else _f(bd.get("bd_rate"), 1),
+                          _f(bd.get("bd_metric"), 4), " ".join(f"{b:.3f}:{m:.3f}" for b, m, _ in sorted(curve["points"])))
+        console.print(table)
+    c = summary["counters"]
+    console.print(f"{c['encodes']} encodes ({c['bitstream_cache_hits']} cached), {c['decodes']} decodes, "
+                  f"{len(c['failures'])} failures; {summary['wall_seconds']:.0f} s; wrote {summary['out']}/results.json, "
+                  f"results.csv, plots/, report.html")
+    for f in c["failures"][:10]:
+        console.print(f"[yellow]failure[/]: {f}")
+
+
+def _f(v, d):
+    return "–" if v is None else f"{v:.{d}f}"

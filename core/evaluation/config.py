@@ -1,0 +1,95 @@
+"""An experiment as data: a TOML file in configs/experiments/, overridable from the CLI."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from icm.codecs import SCALES
+from icm.errors import UserError
+
+DEFAULT_ANCHORS = ("jpeg", "webp", "avif", "hevc")
+
+
+@dataclass
+class CodecSpec:
+    name: str
+    rates: list[dict] | None = None  # None: the codec's default sweep
+    scales: list[float] = field(default_factory=lambda: [1.0])  # the resolution grid (anchors)
+    options: dict = field(default_factory=dict)  # checkpoint / weights / device
+    anchor: bool = False
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    config: str | None = None
+    checkpoint: str | None = None
+
+
+@dataclass
+class Experiment:
+    tasks: list[TaskSpec] = field(default_factory=list)
+    codecs: list[CodecSpec] = field(default_factory=list)
+    dataset: str = "shapes"
+    split: str = "val"
+    limit: int | None = None
+    reference: str = "hevc"
+    out: str = "results/evaluate"
+    batch_size: int = 8
+    label_free: bool = False
+    samples_in_report: int = 2
+    device: str | None = None
+
+
+def parse_task(text: str) -> TaskSpec:
+    """``NAME`` or ``NAME=CONFIG[:CHECKPOINT]`` (a URL checkpoint keeps its ``://``)."""
+    if "=" not in text:
+        return TaskSpec(text.strip())
+    name, rest = text.split("=", 1)
+    config, checkpoint = rest, None
+    head, sep, tail = rest.rpartition(":")
+    if sep and head and not tail.startswith("//"):
+        config, checkpoint = head, tail
+    return TaskSpec(name.strip(), config or None, checkpoint or None)
+
+
+def parse_rates(text: str) -> list[dict]:
+    """``1,3,5`` (the codec's quality index) or ``rate=0.1,0.5`` (continuous)."""
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        key, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"--rates: {item!r} is not a number") from None
+        out.append({key or "quality": number if key == "rate" else int(number)})
+    return out
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"experiment config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"experiment config {path}: {exc}") from None
+    known = {f.name for f in fields(Experiment)}
+    unknown = set(data) - known - {"anchors", "anchor_scales"}
+    if unknown:
+        raise UserError(f"experiment config {path}: unknown keys {sorted(unknown)}")
+    exp = Experiment(**{k: v for k, v in data.items() if k in known and k not in ("tasks", "codecs")})
+    exp.tasks = [TaskSpec(**t) if isinstance(t, dict) else parse_task(t) for t in data.get("tasks", [])]
+    exp.codecs = [CodecSpec(**c) if isinstance(c, dict) else CodecSpec(c) for c in data.get("codecs", [])]
+    add_anchors(exp, data.get("anchors", list(DEFAULT_ANCHORS)), data.get("anchor_scales", [1.0]))
+    return exp
+
+
+def add_anchors(exp: Experiment, names, scales) -> None:
+    bad = [s for s in scales if s not in SCALES]
+    if bad:
+        raise UserError(f"anchor scales {bad} not in {list(SCALES)}")
+    have = {c.name for c in exp.codecs}
+    exp.codecs += [CodecSpec(n, scales=list(scales), anchor=True) for n in names if n not in have]

@@ -1,0 +1,309 @@
+"""The encode-once engine.
+
+For every (codec, rate point, image) the image is encoded once into a bitstream file, decoded once,
+and the decoded pixels go to every requested task. Bitstreams and per-image predictions are cached
+under ``OUT/cache`` keyed by codec id, weights hash, rate and image content (predictions also by the
+task model's weights), written atomically, so an interrupted run resumes and adding a task to a
+finished experiment re-uses the bitstreams without encoding anything.
+
+Under torchrun, images are sharded across ranks and the per-image records and predictions are
+gathered to rank 0 with torch.distributed, which computes the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icm.bitstream import Bitstream, atomic_write_bytes
+from icm.codecs import Codec, open_codec
+from icm.errors import IcmError, UserError
+from icm.evaluation.config import Experiment
+from icm.images import load_image, psnr
+from icm.plugins import get_plugins
+from icm.tasks import Batch, TaskAdapter
+
+ORIGINAL = "original"  # the uncompressed images: the accuracy ceiling, and the pseudo ground truth
+
+
+@dataclass
+class Point:
+    codec: str
+    rate: dict
+    key: str  # filesystem-safe rate key, e.g. "qp=32,scale=0.5"
+
+    @property
+    def label(self) -> str:
+        return f"{self.codec}@{self.key}"
+
+
+@dataclass
+class Counters:
+    encodes: int = 0
+    bitstream_cache_hits: int = 0
+    decodes: int = 0
+    predictions: int = 0
+    prediction_cache_hits: int = 0
+    failures: list = field(default_factory=list)
+
+
+def rate_key(rate: dict) -> str:
+    return ",".join(f"{k}={rate[k]}" for k in sorted(rate)) or "none"
+
+
+def image_key(image: np.ndarray) -> str:
+    h = hashlib.sha256(image.tobytes())
+    h.update(str(image.shape).encode())
+    return h.hexdigest()[:20]
+
+
+def model_key(adapter: TaskAdapter) -> str:
+    from icm.codecs.learned import tensor_hash
+
+    return f"{adapter.name}-{tensor_hash(adapter.model.state_dict()).hex()}"
+
+
+# -- distributed ---------------------------------------------------------------------------------------
+def dist_setup() -> tuple[int, int]:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather(obj, world: int):
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# -- quality measures ---------------------------------------------------------------------------------
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
+    """pytorch-msssim's MS-SSIM; its 5 scales need a side > 160 px with the usual 11-tap window, so
+    smaller images use a 7-tap window (side > 96) and images below that get None."""
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    side = min(a.shape[:2])
+    win = 11 if side > 160 else 7 if side > 96 else None
+    if win is None:
+        return None
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].double()
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].double()
+    return float(_ms_ssim(ta, tb, data_range=255, win_size=win))
+
+
+# -- the engine ----------------------------------------------------------------------------------------
+class Engine:
+    def __init__(self, exp: Experiment, progress: bool = True):
+        self.exp, self.progress = exp, progress
+        self.out = Path(exp.out)
+        self.cache = self.out / "cache"
+        self.counters = Counters()
+
+    def codec_points(self) -> list[tuple[Codec | None, Point]]:
+        points: list[tuple[Codec | None, Point]] = [(None, Point(ORIGINAL, {}, "none"))]
+        for spec in self.exp.codecs:
+            codec = open_codec(spec.name, **spec.options)
+            reason = codec.unavailable_reason()
+            if reason:
+                if spec.anchor and spec.name != self.exp.reference:
+                    print(f"icm: warning: anchor {spec.name} skipped: {reason}")
+                    continue
+                raise UserError(f"codec {spec.name!r} is unavailable: {reason}")
+            for rate in spec.rates or codec.default_rates():
+                for scale in spec.scales:
+                    full = {**rate, **({"scale": scale} if scale != 1.0 else {})}
+                    checked = codec.check_rate(**full)  # fail before any work on a bad rate
+                    points.append((codec, Point(spec.name, checked, rate_key(checked))))
+        return points
+
+    def adapters(self) -> dict[str, TaskAdapter]:
+        from icm.datasets import load_dataset  # noqa: F401  (dataset is bound by the caller)
+
+        tasks = get_plugins().tasks
+        out = {}
+        for spec in self.exp.tasks:
+            factory = tasks.get(spec.name)
+            kwargs = {k: v for k, v in (("config", spec.config), ("checkpoint", spec.checkpoint),
+                                         ("device", self.exp.device)) if v}
+            out[spec.name] = factory(**kwargs)
+        return out
+
+    # -- per point --------------------------------------------------------------------------------
+    def _code(self, codec: Codec, point: Point, image: np.ndarray, ikey: str):
+        """Encode (or reuse the cached bitstream), decode once; returns decoded pixels and a record."""
+        path = self.cache / "bitstreams" / point.codec / point.key / f"{ikey}.icm"
+        rec = {"encode_ms": None}
+        bs = None
+        if path.is_file():
+            try:
+                bs = Bitstream.load(path)
+                if bs.weights_hash != codec.weights_hash(point.rate):
+                    bs = None  # same name, other weights: re-encode
+                else:
+                    self.counters.bitstream_cache_hits += 1
+            except IcmError:
+                bs = None  # a damaged cache entry is re-made, not trusted
+        if bs is None:
+            t = time.perf_counter()
+            bs = codec.to_bitstream(image, **point.rate)
+            rec["encode_ms"] = (time.perf_counter() - t) * 1000
+            bs.save(path)
+            self.counters.encodes += 1
+        t = time.perf_counter()
+        decoded = codec.from_bitstream(bs, source=str(path))
+        rec["decode_ms"] = (time.perf_counter() - t) * 1000
+        self.counters.decodes += 1
+        rec["bytes"] = path.stat().st_size
+        rec["bpp"] = rec["bytes"] * 8 / bs.pixels
+        est = codec.estimate_bits(image, point.rate) if hasattr(codec, "estimate_bits") else None
+        rec["est_bpp"] = None if est is None else est / bs.pixels
+        return decoded, rec
+
+    def _predict(self, adapter: TaskAdapter, mkey: str, point: Point, items: list[tuple[dict, np.ndarray, str]]):
+        """Predictions for decoded images, from the cache where present."""
+        folder = self.cache / "predictions" / mkey / point.codec / point.key
+        preds: dict[int, object] = {}
+        todo = []
+        for sample, decoded, ikey in items:
+            f = folder / f"{ikey}.pkl"
+            if f.is_file():
+                try:  # our own cache files, written by this engine (never user-supplied)
+                    preds[sample["id"]] = pickle.loads(f.read_bytes())
+                    self.counters.prediction_cache_hits += 1
+                    continue
+                except Exception:
+                    pass
+            todo.append((sample, decoded, ikey))
+        for i in range(0, len(todo), self.exp.batch_size):
+            chunk = todo[i:i + self.exp.batch_size]
+            groups: dict[tuple, list] = {}
+            for item in chunk:  # a batch needs one image size
+                groups.setdefault(item[1].shape, []).append(item)
+            for group in groups.values():
+                x = torch.stack([torch.from_numpy(d).permute(2, 0, 1) for _, d, _ in group]).float().div(255)
+                batch = Batch(x.to(adapter.device), [s for s, _, _ in group])
+                with torch.no_grad():
+                    out = adapter.predict(batch)
+                for (sample, _, ikey), p in zip(group, out):
+                    atomic_write_bytes(folder / f"{ikey}.pkl", pickle.dumps(p))
+                    preds[sample["id"]] = p
+                    self.counters.predictions += 1
+        return preds
+
+    def run(self, dataset) -> dict:
+        rank, world = dist_setup()
+        images = dataset.images[: self.exp.limit] if self.exp.limit else dataset.images
+        if not images:
+            raise UserError(f"dataset {dataset.name!r} has no images")
+        shard = images[rank::world]
+        adapters = self.adapters()
+        for a in adapters.values():
+            a.bind(dataset)
+        mkeys = {t: model_key(a) for t, a in adapters.items()}
+        points = self.codec_points()
+        originals = {}
+        for s in shard:
+            try:
+                img = load_image(s["file_name"])
+                originals[s["id"]] = (img, image_key(img))
+            except UserError as exc:
+                self.counters.failures.append({"image_id": s["id"], "stage": "load", "error": str(exc)})
+
+        records, predictions = [], {t: {} for t in adapters}
+        from tqdm import tqdm
+
+        total = len(points) * len(shard)
+        bar = tqdm(total=total, desc=f"encode/decode/predict (rank {rank})", disable=not self.progress or rank != 0)
+        for codec, point in points:
+            items = []
+            for s in shard:
+                if s["id"] not in originals:
+                    bar.update(1)
+                    continue
+                img, ikey = originals[s["id"]]
+                try:
+                    if codec is None:
+                        decoded, rec = img, {"bytes": None, "bpp": None, "est_bpp": None, "encode_ms": None, "decode_ms": None}
+                    else:
+                        decoded, rec = self._code(codec, point, img, ikey)
+                except IcmError as exc:
+                    self.counters.failures.append({"image_id": s["id"], "point": point.label, "error": str(exc)})
+                    bar.update(1)
+                    continue
+                rec.update({"codec": point.codec, "rate": point.rate, "rate_key": point.key, "image_id": s["id"],
+                            "pixels": img.shape[0] * img.shape[1],
+                            "psnr": psnr(img, decoded) if codec else None,
+                            "ms_ssim": ms_ssim(img, decoded) if codec else None})
+                records.append(rec)
+                items.append((s, decoded, ikey))
+                bar.update(1)
+            for task, adapter in adapters.items():
+                try:
+                    got = self._predict(adapter, mkeys[task], point, items)
+                except IcmError as exc:
+                    self.counters.failures.append({"task": task, "point": point.label, "error": str(exc)})
+                    continue
+                predictions[task].setdefault(point.label, {}).update(got)
+        bar.close()
+
+        gathered = gather({"records": records, "predictions": predictions, "counters": self.counters.__dict__}, world)
+        if rank != 0:
+            return {}
+        all_records = [r for g in gathered for r in g["records"]]
+        all_preds = {t: {} for t in adapters}
+        for g in gathered:
+            for t, by_point in g["predictions"].items():
+                for label, preds in by_point.items():
+                    all_preds[t].setdefault(label, {}).update(preds)
+        counters = {k: (sum(g["counters"][k] for g in gathered) if k != "failures"
+                        else [f for g in gathered for f in g["counters"][k]]) for k in self.counters.__dict__}
+        metrics = self.score(dataset, images, adapters, points, all_preds)
+        return {"records": all_records, "metrics": metrics, "counters": counters, "world_size": world,
+                "points": [{"codec": p.codec, "rate": p.rate, "rate_key": p.key} for _, p in points],
+                "tasks": {t: {"primary": a.primary_metric, "model": mkeys[t]} for t, a in adapters.items()}}
+
+    def score(self, dataset, images, adapters, points, all_preds) -> dict:
+        by_id = {s["id"]: s for s in images}
+        metrics: dict[str, dict[str, dict]] = {}
+        for task, adapter in adapters.items():
+            pseudo = all_preds[task].get(f"{ORIGINAL}@none") if self.exp.label_free else None
+            for _, point in points:
+                preds = all_preds[task].get(point.label, {})
+                ids = sorted(preds)
+                if not ids:
+                    continue
+                ev = adapter.evaluator(pseudo_ground_truth=pseudo)
+                ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
+                metrics.setdefault(task, {})[point.label] = {**ev.compute(), "images": len(ids)}
+        return metrics
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_jsonable).encode())
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))

@@ -1,0 +1,106 @@
+"""Run an experiment end to end and write results.json, results.csv, plots and report.html."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from icm.bitstream import Bitstream, atomic_write_bytes
+from icm.codecs import open_codec
+from icm.datasets import load_dataset
+from icm.errors import IcmError
+from icm.evaluation.config import Experiment
+from icm.evaluation.engine import ORIGINAL, Engine, write_json
+from icm.evaluation.report import png_bytes, write_report
+from icm.evaluation.summary import analyse, point_rows, task_rows
+from icm.images import load_image
+
+PACKAGES = ("icm", "torch", "torchvision", "mmcv", "mmengine", "mmdet", "mmsegmentation", "mmpose", "mmpretrain",
+            "compressai", "numpy", "pillow", "pillow-heif", "imageio-ffmpeg")
+
+
+def provenance(exp: Experiment) -> dict:
+    import torch
+
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv, "git": git,
+            "packages": versions, "experiment": dataclasses.asdict(exp),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                        "cuda": torch.cuda.is_available(), "torch_threads": torch.get_num_threads()}}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (v if not isinstance(v, dict) else ";".join(f"{a}={b}" for a, b in v.items())) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def sample_images(exp: Experiment, result: dict, dataset) -> list[tuple[str, str, bytes]]:
+    """A few decoded images per codec and rate for the report, decoded again from the cached bitstreams."""
+    from icm.evaluation.engine import image_key
+
+    out = []
+    chosen = dataset.images[: exp.samples_in_report]
+    options = {c.name: c.options for c in exp.codecs}
+    for s in chosen:
+        img = load_image(s["file_name"])
+        out.append((f"{s['id']}-original", f"#{s['id']} original", png_bytes(img)))
+        key = image_key(img)
+        for p in result["points"]:
+            if p["codec"] == ORIGINAL:
+                continue
+            f = Path(exp.out) / "cache" / "bitstreams" / p["codec"] / p["rate_key"] / f"{key}.icm"
+            if not f.is_file():
+                continue
+            try:
+                bs = Bitstream.load(f)
+                decoded = open_codec(p["codec"], **options.get(p["codec"], {})).from_bitstream(bs)
+            except IcmError:
+                continue
+            out.append((f"{s['id']}-{p['codec']}-{p['rate_key']}",
+                        f"#{s['id']} {p['codec']} {p['rate_key']} {bs.bpp():.3f} bpp", png_bytes(decoded)))
+    return out
+
+
+def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
+    dataset = load_dataset(exp.dataset, exp.split)
+    start = time.time()
+    result = Engine(exp, progress).run(dataset)
+    if not result:  # not rank 0
+        return None
+    result["wall_seconds"] = time.time() - start
+    result["provenance"] = provenance(exp)
+    rows = point_rows(result)
+    analysis = analyse(result, rows, exp.reference)
+    out = Path(exp.out)
+    write_json(out / "results.json", {"schema": "icm.results/1", "experiment": dataclasses.asdict(exp),
+                                      "counters": result["counters"], "wall_seconds": result["wall_seconds"],
+                                      "world_size": result["world_size"], "tasks": result["tasks"], "points": rows,
+                                      "metrics": result["metrics"], "analysis": analysis,
+                                      "provenance": result["provenance"]})
+    write_csv(out / "results.csv", task_rows(result, rows))
+    write_report(out, analysis, rows, result, sample_images(exp, result, dataset))
+    return {"out": str(out), "analysis": analysis, "counters": result["counters"], "wall_seconds": result["wall_seconds"]}

@@ -1,0 +1,1 @@
+"""icm task adapter for mmpretrain image classifiers (task ``cls``)."""

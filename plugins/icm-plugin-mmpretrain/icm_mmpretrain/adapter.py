@@ -1,0 +1,187 @@
+"""mmpretrain adapter: ``cls``, single-label image classification scored with mmpretrain's Accuracy.
+
+The adapter calls the classifier's parts (backbone, neck, head) itself on pixels normalised by hand,
+so gradients reach the decoded pixels and any image size works (global average pooling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from icm import openmmlab
+from icm.errors import UserError
+from icm.paths import shipped
+from icm.tasks import Batch, Evaluator, TaskAdapter
+
+DEFAULT_CONFIG = "tasks/resnet18_tiny_shapes_cls.py"
+DEFAULT_WEIGHTS = "tasks/weights/resnet18_tiny_shapes_cls.pth"
+
+
+class ClsAdapter(TaskAdapter):
+    """Image classification. Predictions are ``{"scores": float32 (C,) softmax, "label": int}``.
+
+    Metrics: ``top1`` and ``top5``, fractions in [0, 1]. ``top5`` is top-k accuracy with
+    k = min(5, C): with fewer than 5 classes (``shapes`` has 4) it is trivially 1.0, and the evaluator
+    also reports it under its honest name ``top{k}`` (``top4`` on shapes).
+    """
+
+    name, primary_metric, metrics = "cls", "top1", ("top1", "top5")
+    description = "image classification (mmpretrain), top-1 / top-5 accuracy"
+    default_weights = DEFAULT_WEIGHTS
+
+    def __init__(self, config=None, checkpoint=None, device=None, train=False):
+        super().__init__()
+        if config is None:
+            config = shipped(DEFAULT_CONFIG)
+            checkpoint = checkpoint or (None if train else str(shipped(DEFAULT_WEIGHTS)))
+        self.cfg = openmmlab.load_config(config, "mmpretrain")
+        self._model = openmmlab.build_model(self.cfg, "mmpretrain", checkpoint, device)
+        self.device = next(self._model.parameters()).device
+        self._labels_cache: dict[Path, dict[Path, int]] = {}
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._model.head.num_classes)
+
+    @property
+    def classes(self) -> list[str]:
+        names = (self.dataset.meta.get("classification_classes") if self.dataset is not None else None) or []
+        return list(names) if len(names) == self.num_classes else [f"class{i}" for i in range(self.num_classes)]
+
+    # -- ground truth --------------------------------------------------------------------------------
+    def _labels(self) -> dict[Path, int]:
+        """{image path relative to dataset.root: label} from the bound dataset's classification list."""
+        if self.dataset is None or "classification" not in self.dataset.annotations:
+            raise UserError(f"task {self.name}: the dataset has no classification annotations")
+        path = Path(self.dataset.annotations["classification"])
+        if path not in self._labels_cache:
+            labels = {}
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rel, label = line.rsplit(maxsplit=1)
+                    labels[Path(rel)] = int(label)
+                except ValueError:
+                    raise UserError(f"{path}:{n}: expected 'relative/path label_index', got {line!r}") from None
+            self._labels_cache[path] = labels
+        return self._labels_cache[path]
+
+    def label_of(self, sample: dict) -> int:
+        root = Path(self.dataset.root).resolve() if self.dataset is not None else None
+        path = Path(sample["file_name"]).resolve()
+        labels = self._labels()
+        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        if rel not in labels:
+            raise UserError(f"task {self.name}: no classification label for {sample['file_name']}")
+        label = labels[rel]
+        if not 0 <= label < self.num_classes:
+            raise UserError(f"task {self.name}: label {label} of {rel} is outside 0..{self.num_classes - 1}")
+        return label
+
+    # -- model stages ---------------------------------------------------------------------------------
+    def _inputs(self, x):
+        return openmmlab.normalise(x.to(self.device), self.cfg)
+
+    def _stages(self, inputs) -> tuple[torch.Tensor, ...]:
+        feats = self._model.backbone(inputs)
+        return tuple(feats) if isinstance(feats, (list, tuple)) else (feats,)
+
+    def _logits(self, stages) -> torch.Tensor:
+        feats = self._model.neck(stages) if self._model.with_neck else stages
+        return self._model.head(feats)
+
+    def features(self, x):
+        """Backbone stage outputs (strides 4, 8, 16, 32 for the shipped ResNet)."""
+        return list(self._stages(self._inputs(x)))
+
+    def objectness(self, x):
+        """The classification analogue of RPN objectness: a class-agnostic activation map.
+
+        The channel mean of the last backbone stage (the activations the pooled classifier reads),
+        min-max normalised to [0, 1] per image, then resized to every ``features`` level, so one
+        (N, 1, h, w) map per level as the interface asks.
+        """
+        stages = self._stages(self._inputs(x))
+        cam = stages[-1].mean(dim=1, keepdim=True)
+        lo = cam.amin(dim=(2, 3), keepdim=True)
+        hi = cam.amax(dim=(2, 3), keepdim=True)
+        cam = (cam - lo) / (hi - lo).clamp_min(1e-6)
+        return [cam if f.shape[-2:] == cam.shape[-2:] else
+                F.interpolate(cam, size=f.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1) for f in stages]
+
+    def loss(self, decoded, batch):
+        """The head's own cross-entropy against the dataset labels; random horizontal flips (labels
+        are flip-invariant) while the model is in training mode."""
+        from mmpretrain.structures import DataSample
+
+        x = decoded.to(self.device)
+        if self._model.training:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        samples = [DataSample().set_gt_label(self.label_of(s)) for s in batch.samples]
+        for s in samples:
+            s.gt_label = s.gt_label.to(self.device)
+        stages = self._stages(self._inputs(x))
+        feats = self._model.neck(stages) if self._model.with_neck else stages
+        with openmmlab.scope("mmpretrain"):
+            losses = self._model.head.loss(feats, samples)
+        return sum(v for k, v in losses.items() if "loss" in k)
+
+    def predict(self, batch: Batch):
+        with torch.no_grad():
+            scores = F.softmax(self._logits(self._stages(self._inputs(batch.images))), dim=1)
+        scores = scores.float().cpu().numpy()
+        return [{"scores": s.astype(np.float32), "label": int(s.argmax())} for s in scores]
+
+    def evaluator(self, pseudo_ground_truth=None):
+        return AccuracyEvaluator(self, pseudo_ground_truth)
+
+
+class AccuracyEvaluator(Evaluator):
+    """mmpretrain's Accuracy with topk=(1, min(5, C)); metrics as fractions in [0, 1].
+
+    Against the bound dataset's labels, or, with ``pseudo_ground_truth`` (image id -> prediction on
+    the uncompressed image), against those predictions' labels.
+    """
+
+    primary = "top1"
+
+    def __init__(self, adapter: ClsAdapter, pseudo_ground_truth=None):
+        from mmpretrain.evaluation import Accuracy
+
+        self.adapter, self.pseudo = adapter, pseudo_ground_truth
+        self.k = min(5, adapter.num_classes)
+        self.topk = (1, self.k) if self.k > 1 else (1,)
+        self.metric = Accuracy(topk=self.topk)
+
+    def _target(self, sample) -> int:
+        if self.pseudo is not None:
+            return int(self.pseudo[sample["id"]]["label"])
+        return self.adapter.label_of(sample)
+
+    def process(self, predictions, samples):
+        from mmpretrain.structures import DataSample
+
+        data = [DataSample().set_pred_score(torch.as_tensor(np.asarray(p["scores"], np.float32)))
+                .set_gt_label(self._target(s)).to_dict() for p, s in zip(predictions, samples)]
+        self.metric.process({}, data)
+
+    def compute(self):
+        if not self.metric.results:
+            raise UserError("cls: no predictions to evaluate")
+        res = self.metric.compute_metrics(self.metric.results)
+        top1 = res["top1"] / 100.0
+        topk = res[f"top{self.k}"] / 100.0 if self.k > 1 else top1
+        out = {"top1": float(top1), "top5": float(topk)}
+        if self.k != 5:
+            out[f"top{self.k}"] = float(topk)  # what "top5" really is with fewer than 5 classes
+        return out

@@ -1,0 +1,1 @@
+"""icm task adapter for mmseg: seg (semantic segmentation, mIoU)."""

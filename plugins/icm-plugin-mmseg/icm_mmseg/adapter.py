@@ -1,0 +1,186 @@
+"""mmseg adapter: ``seg`` (semantic segmentation, mIoU). The adapter calls the EncoderDecoder's stages
+itself (normalise, backbone + neck, decode head) so gradients reach the pixels and no data
+preprocessor pads to a training crop size."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from icm import openmmlab
+from icm.errors import UserError
+from icm.paths import shipped
+from icm.tasks import Batch, Evaluator, TaskAdapter
+
+DEFAULT_CONFIG = "tasks/fpn_r18_tiny_shapes_seg.py"
+DEFAULT_WEIGHTS = "tasks/weights/fpn_r18_tiny_shapes_seg.pth"
+IGNORE_INDEX = 255
+
+
+class SegAdapter(TaskAdapter):
+    name, primary_metric, metrics = "seg", "mIoU", ("mIoU", "aAcc", "mAcc")
+    description = "semantic segmentation (mmseg), mIoU"
+    default_weights = DEFAULT_WEIGHTS
+
+    def __init__(self, config=None, checkpoint=None, device=None, train=False):
+        super().__init__()
+        if config is None:
+            config = shipped(DEFAULT_CONFIG)
+            checkpoint = checkpoint or (None if train else str(shipped(DEFAULT_WEIGHTS)))
+        self.cfg = openmmlab.load_config(config, "mmseg")
+        self._model = openmmlab.build_model(self.cfg, "mmseg", checkpoint, device)
+        self.device = next(self._model.parameters()).device
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def num_classes(self) -> int:
+        return self._model.decode_head.num_classes
+
+    @cached_property
+    def classes(self) -> list[str]:
+        names = (self.dataset.meta.get("semantic_classes") if self.dataset is not None else None) or []
+        if len(names) == self.num_classes:
+            return list(names)
+        return [f"class{i}" for i in range(self.num_classes)]
+
+    def bind(self, dataset):
+        self.__dict__.pop("classes", None)
+        return super().bind(dataset)
+
+    # -- ground truth --------------------------------------------------------------------------------
+    def ground_truth(self, sample: dict) -> np.ndarray:
+        """The label map (HxW uint8, 255 = ignore) of ``sample`` from the bound dataset's semantic PNGs."""
+        if self.dataset is None or "semantic_dir" not in self.dataset.annotations:
+            name = self.dataset.name if self.dataset is not None else "no dataset bound"
+            raise UserError(f"task {self.name}: the dataset ({name}) has no semantic annotations (semantic_dir)")
+        from PIL import Image
+
+        path = self.dataset.semantic_path(sample)
+        try:
+            with Image.open(path) as im:
+                label = np.asarray(im)
+        except FileNotFoundError:
+            raise UserError(f"task {self.name}: no semantic label {path} for image {sample['file_name']}") from None
+        except OSError as exc:
+            raise UserError(f"task {self.name}: cannot read semantic label {path} ({exc})") from None
+        if label.ndim != 2:
+            raise UserError(f"task {self.name}: semantic label {path} is not single-channel (shape {label.shape})")
+        if label.shape != (sample["height"], sample["width"]):
+            raise UserError(f"task {self.name}: semantic label {path} is {label.shape[1]}x{label.shape[0]}, "
+                            f"its image {sample['width']}x{sample['height']}")
+        return label.astype(np.uint8)
+
+    def _data_samples(self, batch: Batch, padded_hw, with_gt: bool):
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+
+        out = []
+        ph, pw = padded_hw
+        h, w = batch.images.shape[-2:]
+        for s in batch.samples:
+            ds = SegDataSample(metainfo=dict(img_id=s["id"], img_shape=(h, w), ori_shape=(s["height"], s["width"]),
+                                             pad_shape=padded_hw, batch_input_shape=padded_hw))
+            if with_gt:
+                label = torch.from_numpy(self.ground_truth(s)).long()[None, None].float()
+                if label.shape[-2:] != (h, w):  # pixels resized away from the original size
+                    label = F.interpolate(label, size=(h, w), mode="nearest")
+                label = F.pad(label, (0, pw - w, 0, ph - h), value=IGNORE_INDEX)
+                ds.gt_sem_seg = PixelData(data=label[0].long().to(self.device))
+            out.append(ds)
+        return out
+
+    # -- model stages ---------------------------------------------------------------------------------
+    def _inputs(self, x):
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        x = openmmlab.normalise(x.to(self.device), self.cfg)
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def features(self, x):
+        """The FPN neck outputs (strides 4, 8, 16, 32; 64 channels each)."""
+        return list(self._model.extract_feat(self._inputs(x)))
+
+    def logits(self, x):
+        """Differentiable class logits (N, C, h, w) at the decode head's stride 4 (of the padded input)."""
+        return self._model.decode_head(self._model.extract_feat(self._inputs(x)))
+
+    def objectness(self, x):
+        """Segmentation confidence, the seg analogue of RPN objectness: the max softmax probability over
+        classes per location, (N, 1, h, w) at the logits resolution (stride 4). The interface asks for
+        one map per ``features`` level, so the list holds that map followed by its average-pooled
+        copies at the coarser neck levels (strides 8, 16, 32)."""
+        feats = self._model.extract_feat(self._inputs(x))
+        conf = self._model.decode_head(feats).softmax(dim=1).amax(dim=1, keepdim=True)
+        return [conf] + [F.adaptive_avg_pool2d(conf, f.shape[-2:]) for f in feats[1:]]
+
+    def loss(self, decoded, batch):
+        """mmseg's own decode-head loss (cross-entropy, 255 ignored) against the dataset's label maps."""
+        inputs = self._inputs(decoded)
+        samples = self._data_samples(batch, tuple(inputs.shape[-2:]), with_gt=True)
+        with openmmlab.scope("mmseg"):
+            losses = self._model.loss(inputs, samples)
+        return sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items() if "loss" in k)
+
+    def predict(self, batch):
+        h, w = batch.images.shape[-2:]
+        with torch.no_grad():
+            inputs = self._inputs(batch.images)
+            logits = self._model.decode_head(self._model.extract_feat(inputs))
+            logits = F.interpolate(logits, size=inputs.shape[-2:], mode="bilinear",
+                                   align_corners=self._model.decode_head.align_corners)[..., :h, :w]
+            preds = []
+            for i, s in enumerate(batch.samples):
+                li = logits[i:i + 1]
+                if (s["height"], s["width"]) != (h, w):  # pixels resized away from the original size
+                    li = F.interpolate(li, size=(s["height"], s["width"]), mode="bilinear", align_corners=False)
+                preds.append({"sem_seg": li[0].argmax(0).cpu().numpy().astype(np.uint8)})
+        return preds
+
+    def evaluator(self, pseudo_ground_truth=None):
+        return IoUEvaluator(self, pseudo_ground_truth)
+
+
+class IoUEvaluator(Evaluator):
+    """mmseg's IoUMetric over the bound dataset's label maps (or, label-free, over the adapter's own
+    predictions on the uncompressed images). Metrics are fractions in [0, 1]."""
+
+    primary = "mIoU"
+
+    def __init__(self, adapter: SegAdapter, pseudo_ground_truth=None):
+        from mmseg.evaluation import IoUMetric
+
+        self.adapter, self.pseudo = adapter, pseudo_ground_truth
+        self.metric = IoUMetric(ignore_index=IGNORE_INDEX, iou_metrics=["mIoU"], prefix="seg")
+        self.metric.dataset_meta = {"classes": tuple(adapter.classes)}
+
+    def _ground_truth(self, sample):
+        if self.pseudo is not None:
+            try:
+                return np.asarray(self.pseudo[sample["id"]]["sem_seg"])
+            except KeyError:
+                raise UserError(f"task seg: no pseudo ground truth for image {sample['id']}") from None
+        return self.adapter.ground_truth(sample)
+
+    def process(self, predictions, samples):
+        data = []
+        for p, s in zip(predictions, samples):
+            pred = torch.from_numpy(np.asarray(p["sem_seg"]).astype(np.int64))
+            gt = torch.from_numpy(self._ground_truth(s).astype(np.int64))
+            if gt.shape != pred.shape:
+                raise UserError(f"task seg: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} "
+                                f"differ in size for image {s['id']}")
+            data.append({"pred_sem_seg": {"data": pred[None]}, "gt_sem_seg": {"data": gt[None]}})
+        self.metric.process({}, data)
+
+    def compute(self):
+        if not self.metric.results:
+            return {m: float("nan") for m in self.adapter.metrics}
+        with openmmlab.quiet():  # IoUMetric logs its per-class table
+            res = self.metric.compute_metrics(self.metric.results)
+        return {k: round(float(res[k]) / 100.0, 6) for k in ("mIoU", "aAcc", "mAcc")}  # IoUMetric: percent
