@@ -9,10 +9,13 @@ from icm import hookimpl
 def icm_register_codecs(register):
     # imports stay inside the hook so `icm plugins` does not pay for torch/compressai unless asked
     from icm.codecs.anchors import ANCHORS
-    from icm.codecs.learned import ARCHITECTURES, CompressAICodec
+    from icm.codecs.learned import ARCHITECTURES, CompressAICodec, ShippedCompressAICodec
 
     for cls in ANCHORS:
         register(cls.name, cls, kind="anchor", description=cls.description)
     for arch in ARCHITECTURES:
         register(arch, partial(CompressAICodec, arch), kind="learned",
                  description=f"CompressAI {arch} (mse); --checkpoint FILE_OR_FOLDER or --weights random")
+    register("icm-hyperprior-mse", partial(ShippedCompressAICodec, "icm-hyperprior-mse", "bmshj2018-hyperprior", 4,
+                                           description="bmshj2018-hyperprior (N=64, M=96) trained on shapes for MSE"),
+             kind="learned", description="shipped: hyperprior trained on shapes for MSE (4 qualities)")

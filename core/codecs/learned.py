@@ -191,3 +191,35 @@ class CompressAICodec(Codec):
         with torch.no_grad():
             x_hat = net.decompress([[streams[n]] for n in expected], shape)["x_hat"]
         return to_image(x_hat[..., :height, :width])
+
+
+class ShippedCompressAICodec(CompressAICodec):
+    """A CompressAI architecture trained by icm and shipped in configs/codecs/<name>/quality<q>.pth,
+    with its own channel widths (small models for the built-in benchmark). Reproduce with
+    scripts/train_mse_codec.py; other weights via ``checkpoint`` (a folder with the same file names)."""
+
+    def __init__(self, name: str, arch: str, qualities: int, checkpoint: str | None = None,
+                 device: str | None = None, description: str = ""):
+        super().__init__(arch, checkpoint=checkpoint, device=device)
+        from icm.paths import configs_dir
+
+        self.name = name
+        self.folder = Path(checkpoint) if checkpoint else configs_dir() / "codecs" / name
+        self.rate_control = RateControl("quality", (1, qualities), True, tuple(range(1, qualities + 1)))
+        self.description = description
+
+    def unavailable_reason(self):
+        missing = [q for q in range(1, self.rate_control.values[1] + 1) if not (self.folder / f"quality{q}.pth").is_file()]
+        return f"no weights in {self.folder} for qualities {missing} (run scripts/train_mse_codec.py)" if missing else None
+
+    def _build(self, quality: int) -> torch.nn.Module:
+        from compressai.zoo import image as zoo
+
+        path = self.folder / f"quality{quality}.pth"
+        state = load_checkpoint(path)
+        try:
+            net = zoo.model_architectures[self.arch].from_state_dict(state)
+            net.update(force=True)
+        except Exception as exc:
+            raise UserError(f"{path} does not fit {self.arch} ({type(exc).__name__})") from None
+        return net

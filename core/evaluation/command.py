@@ -54,9 +54,15 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
     if codecs:
         exp.codecs = [CodecSpec(n, rates=rate_list, options=options) for n in codecs]
     elif not exp.codecs:
+        from icm.codecs import open_codec
+
         for name in DEFAULT_CODECS:
             if name in plugins.codecs:
-                exp.codecs.append(CodecSpec(name, rates=rate_list))
+                reason = open_codec(name).unavailable_reason()
+                if reason:
+                    click.echo(f"icm: warning: default codec {name} skipped: {reason}", err=True)
+                else:
+                    exp.codecs.append(CodecSpec(name, rates=rate_list))
     for c in exp.codecs:
         plugins.codecs.entry(c.name)
     if anchors is not None or not any(c.anchor for c in exp.codecs):

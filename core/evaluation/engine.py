@@ -197,7 +197,7 @@ class Engine:
             for item in chunk:  # a batch needs one image size
                 groups.setdefault(item[1].shape, []).append(item)
             for group in groups.values():
-                x = torch.stack([torch.from_numpy(d).permute(2, 0, 1) for _, d, _ in group]).float().div(255)
+                x = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in group]).float().div(255)
                 batch = Batch(x.to(adapter.device), [s for s, _, _ in group])
                 with torch.no_grad():
                     out = adapter.predict(batch)

@@ -280,8 +280,8 @@ class PoseAdapter(TaskAdapter):
     def objectness(self, x, boxes=None):
         """The pose analogue of RPN objectness: the heatmap maximum over keypoints, clamped to [0, 1],
         (N, 1, h, w) max-pooled to each ``features`` level. Without ``boxes`` it is computed densely on
-        the upsampled whole image, so it is an image-space map of "a keypoint is here" (heatmap stride:
-        4 / dense_scale image pixels); with ``boxes`` it is per crop."""
+        the upsampled whole image, so it is an image-space map of "a keypoint is here" (computed at the
+        heatmap stride, 1 image pixel with the shipped config); with ``boxes`` it is per crop."""
         with openmmlab.scope("mmpose"):
             feats = self._model.extract_feat(self._model_input(x, boxes))
             heat = self._model.head.forward(feats).amax(dim=1, keepdim=True).clamp(0, 1)

@@ -1,0 +1,126 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import toy_task
+from conftest import REPO, assert_user_error, run_icm
+from icm.datasets.shapes import generate
+from icm.evaluation.config import CodecSpec, Experiment, TaskSpec
+from icm.evaluation.run import evaluate
+
+JPEG_RATES = [{"quality": q} for q in (10, 30, 60, 90)]
+HEVC_RATES = [{"quality": q} for q in (47, 40, 33, 26)]
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, train=2, val=6, size=64)
+    return root
+
+
+@pytest.fixture
+def toy(icm_register_plugin):
+    return icm_register_plugin(toy_task, name="toy")
+
+
+def experiment(tiny_shapes, out, tasks=("colour",), **kw):
+    return Experiment(tasks=[TaskSpec(t) for t in tasks], dataset=str(tiny_shapes), out=str(out),
+                      codecs=[CodecSpec("jpeg", rates=JPEG_RATES, anchor=True), CodecSpec("hevc", rates=HEVC_RATES, anchor=True)],
+                      **kw)
+
+
+def test_encode_once_for_all_tasks_and_reuse_on_a_new_task(toy, tiny_shapes, tmp_path):
+    summary = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour", "brightness")), progress=False)
+    c = summary["counters"]
+    # 8 rate points x 6 images, each encoded and decoded exactly once although two tasks read them
+    assert (c["encodes"], c["decodes"], c["bitstream_cache_hits"]) == (48, 48, 0)
+    assert c["predictions"] == 2 * (48 + 6)  # + the uncompressed reference, per task
+
+    again = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour", "brightness")), progress=False)
+    assert again["counters"]["encodes"] == 0 and again["counters"]["predictions"] == 0
+
+    # an interrupted run: lose part of the cache, only that part is redone
+    shutil.rmtree(tmp_path / "cache" / "bitstreams" / "hevc" / "qp=40")
+    resumed = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour",)), progress=False)
+    assert resumed["counters"]["encodes"] == 6
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["schema"] == "icm.results/1" and set(results["tasks"]) == {"colour"}
+    a = results["analysis"]["colour"]
+    assert a["reference"] == "hevc" and a["bd"]["jpeg"]["bd_rate"] is not None
+    # bpp from real bytes on disk: the mean of file sizes * 8 / pixels
+    point = next(p for p in results["points"] if p["codec"] == "jpeg" and p["rate_key"] == "quality=90")
+    files = list((tmp_path / "cache" / "bitstreams" / "jpeg" / "quality=90").glob("*.icm"))
+    assert point["bpp"] == pytest.approx(sum(f.stat().st_size for f in files) * 8 / 64 / 64 / len(files))
+
+
+def test_outputs_are_complete_and_the_report_is_self_contained(toy, tiny_shapes, tmp_path):
+    evaluate(experiment(tiny_shapes, tmp_path), progress=False)
+    csv_lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 9  # header + (8 points + original) x 1 task
+    for name in ("colour.png", "colour.svg", "psnr.png", "psnr.svg"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+    html = (tmp_path / "report.html").read_text()
+    assert "BD-rate" in html and "Provenance" in html and "data:image/png;base64," in html
+    import re
+
+    external = re.findall(r'(?:src|href)="(?!data:)([^"]+)"', html)
+    assert external == []
+
+
+def test_label_free_mode_scores_uncompressed_as_perfect(toy, tiny_shapes, tmp_path):
+    evaluate(experiment(tiny_shapes, tmp_path, label_free=True), progress=False)
+    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]["colour"]
+    assert metrics["original@none"]["closeness"] == pytest.approx(1.0)
+    assert metrics["jpeg@quality=10"]["closeness"] < 1.0
+
+
+def _fake_dist(root: Path):
+    shutil.copy(Path(toy_task.__file__), root / "toy_task.py")
+    dist = root / "toy_task-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-task\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[icm]\ntoy = toy_task\n")
+    return {"PYTHONPATH": str(root), "ICM_LOAD_PLUGINS": "toy"}
+
+
+def test_cli_bad_input_is_one_line(tiny_shapes, tmp_path):
+    env = _fake_dist(tmp_path)
+    base = ["evaluate", "--dataset", str(tiny_shapes), "--out", str(tmp_path / "o"), "--anchors", "jpeg", "--reference", "jpeg"]
+    assert_user_error(run_icm(*base, "--tasks", "colur", env=env), "unknown task 'colur'")
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--codec", "nope", env=env), "unknown codec 'nope'")
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--dataset", "nowhere", env=env), "nowhere")
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--codec", "webp", "--rates", "500", env=env), "out of range")
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--limit", "0", env=env), "at least 1")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"name": "empty", "images_dir": str(tmp_path / "no_images")}))
+    (tmp_path / "no_images").mkdir()
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--dataset", str(empty), env=env), "no images")
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--task", "colour=/missing.py", env=env), "")
+
+
+def test_torchrun_two_ranks_match_one_process(tiny_shapes, tmp_path):
+    env = _fake_dist(tmp_path)
+    args = ["evaluate", "--tasks", "colour", "--dataset", str(tiny_shapes), "--anchors", "jpeg", "--reference", "jpeg",
+            "--no-progress"]
+    single = run_icm(*args, "--out", tmp_path / "one", env=env)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+                "-m", "icm", *args, "--out", str(tmp_path / "two")]
+    import os
+
+    proc = subprocess.run(torchrun, capture_output=True, text=True, env={**os.environ, **env}, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["metrics"] == one["metrics"]
+    assert [p["bpp"] for p in two["points"]] == pytest.approx([p["bpp"] for p in one["points"]]) or \
+        sorted(p["bpp"] or 0 for p in two["points"]) == pytest.approx(sorted(p["bpp"] or 0 for p in one["points"]))
+    assert two["counters"]["encodes"] == one["counters"]["encodes"]
