@@ -59,6 +59,13 @@ if ! $PY -c "import xtcocotools.coco" 2>/dev/null; then
   $PIP $C --no-binary xtcocotools --no-build-isolation xtcocotools
 fi
 
+# Debian's chromium renders report.html in the browser test; only when we may install system packages.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  log "chromium (headless browser for the report test)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || log "could not install chromium; the browser test will be skipped"
+fi
+
 log "icm core, plugins and test tools"
 $PIP $C -e "$ROOT[test]"
 for p in plugins/*/; do

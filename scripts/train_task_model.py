@@ -31,7 +31,7 @@ from icm.tasks import Batch
 
 
 def load_split(dataset):
-    images = torch.stack([torch.from_numpy(load_image(r["file_name"])).permute(2, 0, 1) for r in dataset.images])
+    images = torch.stack([torch.from_numpy(load_image(r["file_name"]).copy()).permute(2, 0, 1) for r in dataset.images])
     return images, dataset.images
 
 
@@ -89,7 +89,7 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "minutes": (time.time() - start) / 60}
         if epoch + 1 == args.epochs or (epoch + 1) % 4 == 0:

@@ -41,3 +41,21 @@ def assert_user_error(proc, fragment):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "warning" not in ln.lower()]
     assert len(lines) == 1, proc.stderr
     assert fragment.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A 6-image val split of the shapes benchmark at 64 px."""
+    from icm.datasets.shapes import generate
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, train=2, val=6, size=64)
+    return root
+
+
+@pytest.fixture
+def toy(icm_register_plugin):
+    """The toy mean-colour tasks (tests/toy_task.py) registered in-process."""
+    import toy_task
+
+    return icm_register_plugin(toy_task, name="toy")

@@ -9,24 +9,11 @@ import pytest
 
 import toy_task
 from conftest import REPO, assert_user_error, run_icm
-from icm.datasets.shapes import generate
 from icm.evaluation.config import CodecSpec, Experiment, TaskSpec
 from icm.evaluation.run import evaluate
 
 JPEG_RATES = [{"quality": q} for q in (10, 30, 60, 90)]
 HEVC_RATES = [{"quality": q} for q in (47, 40, 33, 26)]
-
-
-@pytest.fixture(scope="module")
-def tiny_shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    generate(root, train=2, val=6, size=64)
-    return root
-
-
-@pytest.fixture
-def toy(icm_register_plugin):
-    return icm_register_plugin(toy_task, name="toy")
 
 
 def experiment(tiny_shapes, out, tasks=("colour",), **kw):

@@ -90,5 +90,6 @@ def test_pseudo_ground_truth_and_jpeg_degradation(adapter, val):
     degraded = np.stack([jpeg.decode(jpeg.encode(im, quality=5)) for im in images])
     lossy, _ = score(adapter, degraded, records)
     lossy_pseudo, _ = score(adapter, degraded, records, pseudo)
-    assert lossy["top1"] <= clean["top1"]
-    assert lossy_pseudo["top1"] <= 1.0
+    # quality 5 flips about a quarter of the predictions on these images; a wide margin either way
+    assert lossy["top1"] < clean["top1"]
+    assert lossy_pseudo["top1"] < 1.0
