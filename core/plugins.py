@@ -106,6 +106,9 @@ class Plugins:
         except Exception as exc:  # a broken import must not take the CLI down
             self._fail(name, "import", exc)
             return
+        if self.pm.is_registered(plugin) or self.pm.get_plugin(name) is not None:
+            # the same plugin loaded twice (an installed plugin a test registers again): keep the first
+            return
         try:
             self.pm.register(plugin, name=name)
             # check_pending catches hook names that match no spec (misspellings like icm_register_codec)

@@ -47,6 +47,7 @@ class TaskAdapter(ABC):
     consumes: str = "pixels"  # "pixels" now; "features" for adapters that read decoded features
     primary_metric: str = ""
     metrics: tuple[str, ...] = ()
+    device: torch.device = torch.device("cpu")  # where predict/loss run; adapters set it from their model
 
     def __init__(self):
         self.dataset = None

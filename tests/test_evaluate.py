@@ -89,7 +89,7 @@ def test_cli_bad_input_is_one_line(tiny_shapes, tmp_path):
     empty.write_text(json.dumps({"name": "empty", "images_dir": str(tmp_path / "no_images")}))
     (tmp_path / "no_images").mkdir()
     assert_user_error(run_icm(*base, "--tasks", "colour", "--dataset", str(empty), env=env), "no images")
-    assert_user_error(run_icm(*base, "--tasks", "colour", "--task", "colour=/missing.py", env=env), "")
+    assert_user_error(run_icm(*base, "--tasks", "colour", "--task", "colour=/missing.py", env=env), "/missing.py: no such file")
 
 
 def test_torchrun_two_ranks_match_one_process(tiny_shapes, tmp_path):

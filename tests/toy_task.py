@@ -15,6 +15,12 @@ class MeanColour(TaskAdapter):
 
     def __init__(self, config=None, checkpoint=None, device=None, scale=1.0):
         super().__init__()
+        from pathlib import Path
+
+        from icm.errors import UserError
+
+        if config is not None and not Path(config).is_file():
+            raise UserError(f"config {config}: no such file")
         self.net = torch.nn.Conv2d(3, 3, 1, bias=False)
         with torch.no_grad():
             self.net.weight.copy_(torch.eye(3).view(3, 3, 1, 1) * scale)

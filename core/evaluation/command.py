@@ -41,9 +41,10 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
         exp.tasks = [parse_task(t) for t in tasks.split(",") if t.strip()]
     elif not exp.tasks:
         exp.tasks = [parse_task(t) for t in plugins.tasks.names()]
-    for spec in (parse_task(t) for t in task_models):
-        if "=" not in next(t for t in task_models if t.startswith(spec.name)):
-            raise UserError(f"--task {spec.name}: expected NAME=CONFIG[:CHECKPOINT]")
+    for text in task_models:
+        if "=" not in text:
+            raise UserError(f"--task {text}: expected NAME=CONFIG[:CHECKPOINT]")
+        spec = parse_task(text)
         exp.tasks = [t for t in exp.tasks if t.name != spec.name] + [spec]
     if not exp.tasks:
         raise UserError("no tasks: install a task plugin (see `icm tasks`)")
@@ -65,10 +66,15 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
                     exp.codecs.append(CodecSpec(name, rates=rate_list))
     for c in exp.codecs:
         plugins.codecs.entry(c.name)
-    if anchors is not None or not any(c.anchor for c in exp.codecs):
+    if anchors is not None or not config_path:  # a config's own anchor list (even empty) is kept
         names = [a for a in (anchors if anchors is not None else ",".join(DEFAULT_ANCHORS)).split(",") if a.strip()]
+        scales = next((c.scales for c in exp.codecs if c.anchor), [1.0])
         exp.codecs = [c for c in exp.codecs if not c.anchor]
-        add_anchors(exp, names, GRID if anchor_grid else [1.0])
+        add_anchors(exp, names, scales)
+    if anchor_grid:
+        for c in exp.codecs:
+            if c.anchor:
+                c.scales = list(GRID)
     for key, value in (("reference", reference), ("dataset", dataset), ("split", split), ("limit", limit),
                        ("out", out), ("device", device)):
         if value is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,28 +44,34 @@ class Experiment:
     device: str | None = None
 
 
+_CONFIG_THEN_CHECKPOINT = re.compile(r"^(?P<config>.+?\.(?:py|json|ya?ml)):(?P<checkpoint>.+)$")
+
+
 def parse_task(text: str) -> TaskSpec:
-    """``NAME`` or ``NAME=CONFIG[:CHECKPOINT]`` (a URL checkpoint keeps its ``://``)."""
+    """``NAME`` or ``NAME=CONFIG[:CHECKPOINT]``. The config ends in .py/.json/.yaml, so the checkpoint
+    may itself be a URL (``det=cfg.py:https://host/x.pth``)."""
     if "=" not in text:
         return TaskSpec(text.strip())
     name, rest = text.split("=", 1)
-    config, checkpoint = rest, None
-    head, sep, tail = rest.rpartition(":")
-    if sep and head and not tail.startswith("//"):
-        config, checkpoint = head, tail
+    m = _CONFIG_THEN_CHECKPOINT.match(rest)
+    config, checkpoint = (m["config"], m["checkpoint"]) if m else (rest, None)
     return TaskSpec(name.strip(), config or None, checkpoint or None)
 
 
 def parse_rates(text: str) -> list[dict]:
-    """``1,3,5`` (the codec's quality index) or ``rate=0.1,0.5`` (continuous)."""
-    out = []
+    """``1,3,5`` (the codec's quality index), ``qp=22,27`` or ``rate=0.1,0.5`` (continuous); a
+    ``key=`` prefix applies to the values after it until the next prefix."""
+    out, key = [], "quality"
     for item in (t.strip() for t in text.split(",") if t.strip()):
-        key, _, value = item.rpartition("=")
+        prefix, _, value = item.rpartition("=")
+        key = prefix or key
         try:
             number = float(value)
         except ValueError:
             raise UserError(f"--rates: {item!r} is not a number") from None
-        out.append({key or "quality": number if key == "rate" else int(number)})
+        if key != "rate" and number != int(number):
+            raise UserError(f"--rates: {key} must be an integer, not {value}")
+        out.append({key: number if key == "rate" else int(number)})
     return out
 
 
@@ -81,8 +88,11 @@ def load_experiment(path: str | Path) -> Experiment:
     if unknown:
         raise UserError(f"experiment config {path}: unknown keys {sorted(unknown)}")
     exp = Experiment(**{k: v for k, v in data.items() if k in known and k not in ("tasks", "codecs")})
-    exp.tasks = [TaskSpec(**t) if isinstance(t, dict) else parse_task(t) for t in data.get("tasks", [])]
-    exp.codecs = [CodecSpec(**c) if isinstance(c, dict) else CodecSpec(c) for c in data.get("codecs", [])]
+    try:
+        exp.tasks = [TaskSpec(**t) if isinstance(t, dict) else parse_task(t) for t in data.get("tasks", [])]
+        exp.codecs = [CodecSpec(**c) if isinstance(c, dict) else CodecSpec(c) for c in data.get("codecs", [])]
+    except TypeError as exc:
+        raise UserError(f"experiment config {path}: bad task or codec entry ({exc})") from None
     add_anchors(exp, data.get("anchors", list(DEFAULT_ANCHORS)), data.get("anchor_scales", [1.0]))
     return exp
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Point:
     codec: str
     rate: dict
     key: str  # filesystem-safe rate key, e.g. "qp=32,scale=0.5"
+    weights: str = ""  # codec version + weights hash: predictions on other weights are other files
 
     @property
     def label(self) -> str:
@@ -77,6 +79,8 @@ def dist_setup() -> tuple[int, int]:
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per rank, as torchrun expects
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -103,8 +107,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
     win = 11 if side > 160 else 7 if side > 96 else None
     if win is None:
         return None
-    ta = torch.from_numpy(a).permute(2, 0, 1)[None].double()
-    tb = torch.from_numpy(b).permute(2, 0, 1)[None].double()
+    ta = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].double()
+    tb = torch.from_numpy(b.copy()).permute(2, 0, 1)[None].double()
     return float(_ms_ssim(ta, tb, data_range=255, win_size=win))
 
 
@@ -123,14 +127,15 @@ class Engine:
             reason = codec.unavailable_reason()
             if reason:
                 if spec.anchor and spec.name != self.exp.reference:
-                    print(f"icm: warning: anchor {spec.name} skipped: {reason}")
+                    print(f"icm: warning: anchor {spec.name} skipped: {reason}", file=sys.stderr)
                     continue
                 raise UserError(f"codec {spec.name!r} is unavailable: {reason}")
             for rate in spec.rates or codec.default_rates():
                 for scale in spec.scales:
                     full = {**rate, **({"scale": scale} if scale != 1.0 else {})}
                     checked = codec.check_rate(**full)  # fail before any work on a bad rate
-                    points.append((codec, Point(spec.name, checked, rate_key(checked))))
+                    weights = f"v{codec.version}-{codec.weights_hash(checked).hex()}"
+                    points.append((codec, Point(spec.name, checked, rate_key(checked), weights)))
         return points
 
     def adapters(self) -> dict[str, TaskAdapter]:
@@ -154,8 +159,8 @@ class Engine:
         if path.is_file():
             try:
                 bs = Bitstream.load(path)
-                if bs.weights_hash != codec.weights_hash(point.rate):
-                    bs = None  # same name, other weights: re-encode
+                if bs.weights_hash != codec.weights_hash(point.rate) or bs.codec_version != codec.version:
+                    bs = None  # same name, other weights or codec version: re-encode
                 else:
                     self.counters.bitstream_cache_hits += 1
             except IcmError:
@@ -178,7 +183,7 @@ class Engine:
 
     def _predict(self, adapter: TaskAdapter, mkey: str, point: Point, items: list[tuple[dict, np.ndarray, str]]):
         """Predictions for decoded images, from the cache where present."""
-        folder = self.cache / "predictions" / mkey / point.codec / point.key
+        folder = self.cache / "predictions" / mkey / point.codec / (point.weights or "-") / point.key
         preds: dict[int, object] = {}
         todo = []
         for sample, decoded, ikey in items:

@@ -390,7 +390,8 @@ class KeypointEvaluator(Evaluator):
                         and not a.get("iscrowd", 0)]
             if not labelled:
                 return nan
-            results = [r for r in self.results if r["image_id"] in set(ids)]
+            wanted = set(ids)
+            results = [r for r in self.results if r["image_id"] in wanted]
             if not results:
                 return {k: 0.0 for k in self.adapter.metrics}
             dt = gt.loadRes(results)
