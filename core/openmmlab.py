@@ -163,3 +163,29 @@ def normalise(x01: torch.Tensor, cfg) -> torch.Tensor:
     mean = torch.tensor(dp.get("mean", MEAN), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(dp.get("std", STD), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+class OpenMMLabAdapter:
+    """Shared constructor of the OpenMMLab task adapters: any config + checkpoint (path or URL), or
+    the shipped config and weights when no config is given; ``train=True`` starts from scratch.
+    Subclasses set ``library`` (mmdet, mmseg, mmpose, mmpretrain), ``default_config`` and
+    ``default_weights`` (paths under configs/)."""
+
+    library = ""
+    default_config = ""
+    default_weights = ""
+
+    def __init__(self, config=None, checkpoint=None, device=None, train=False):
+        from icm.paths import shipped
+
+        super().__init__()
+        if config is None:
+            config = shipped(self.default_config)
+            checkpoint = checkpoint or (None if train else str(shipped(self.default_weights)))
+        self.cfg = load_config(config, self.library)
+        self._model = build_model(self.cfg, self.library, checkpoint, device)
+        self.device = next(self._model.parameters()).device
+
+    @property
+    def model(self):
+        return self._model

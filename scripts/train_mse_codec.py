@@ -1,7 +1,7 @@
 """Train the shipped `icm-hyperprior-mse` codec: CompressAI's bmshj2018-hyperprior at small widths
 (N=64, M=96), one model per quality, on the `shapes` train split for rate + lambda * 255^2 * MSE.
 
-    .venv/bin/python scripts/train_mse_codec.py --steps 3000
+    .venv/bin/python scripts/train_mse_codec.py --steps 2500
 
 Writes configs/codecs/icm-hyperprior-mse/quality{1..4}.pth (+ a JSON log with the wall time).
 """
@@ -28,9 +28,10 @@ LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013)  # CompressAI's MSE lambdas for qualit
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--crop", type=int, default=64, help="random square crops (CompressAI-style patch training)")
     ap.add_argument("--qualities", default="1,2,3,4")
     ap.add_argument("--out", default=str(configs_dir() / "codecs" / "icm-hyperprior-mse"))
     args = ap.parse_args()
@@ -52,7 +53,8 @@ def main():
         bar = tqdm(range(args.steps), desc=f"quality {q} (lambda {lmbda})")
         for step in bar:
             idx = torch.randint(0, len(x), (args.batch_size,))
-            batch = x[idx].to(device)
+            top, left = (int(v) for v in torch.randint(0, x.shape[-1] - args.crop + 1, (2,)))
+            batch = x[idx, :, top:top + args.crop, left:left + args.crop].to(device)
             flip = torch.rand(args.batch_size, device=device) < 0.5
             batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
             res = net(batch)
@@ -73,7 +75,8 @@ def main():
         net.update(force=True)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".quality{q}.pth.tmp"
-        torch.save(net.state_dict(), tmp)
+        # fp16 halves the file; CompressAI's integer CDF tables stay exact, and loading casts back
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, tmp)
         tmp.replace(out / f"quality{q}.pth")
         log["qualities"][q] = {"lambda": lmbda, "minutes": (time.time() - start) / 60, "final_bpp": bpp.item(),
                                "final_psnr": -10 * math.log10(max(mse.item(), 1e-10))}

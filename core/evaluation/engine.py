@@ -139,8 +139,6 @@ class Engine:
         return points
 
     def adapters(self) -> dict[str, TaskAdapter]:
-        from icm.datasets import load_dataset  # noqa: F401  (dataset is bound by the caller)
-
         tasks = get_plugins().tasks
         out = {}
         for spec in self.exp.tasks:

@@ -15,29 +15,15 @@ import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.paths import shipped
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
 DEFAULT_CONFIG = "tasks/panoptic_fpn_r18_tiny_shapes.py"
 DEFAULT_WEIGHTS = "tasks/weights/panoptic_fpn_r18_tiny_shapes.pth"
 
 
-class MMDetAdapter(TaskAdapter):
+class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     description = ""
-    default_weights = DEFAULT_WEIGHTS
-
-    def __init__(self, config=None, checkpoint=None, device=None, train=False):
-        super().__init__()
-        if config is None:
-            config = shipped(DEFAULT_CONFIG)
-            checkpoint = checkpoint or (None if train else str(shipped(DEFAULT_WEIGHTS)))
-        self.cfg = openmmlab.load_config(config, "mmdet")
-        self._model = openmmlab.build_model(self.cfg, "mmdet", checkpoint, device)
-        self.device = next(self._model.parameters()).device
-
-    @property
-    def model(self):
-        return self._model
+    library, default_config, default_weights = "mmdet", DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
     # -- ground truth --------------------------------------------------------------------------------
     @cached_property
@@ -223,8 +209,6 @@ class PanopticAdapter(MMDetAdapter):
     description = "panoptic segmentation (mmdet PanopticFPN), PQ"
 
     def predict(self, batch):
-        from mmdet.models.seg_heads.panoptic_fusion_heads import HeuristicFusionHead  # noqa: F401
-
         feats, samples, results = self._instances(batch)
         thr = self.cfg.model.test_cfg.panoptic.get("panoptic_score_thr", 0.5)
         kept = [r[r.scores >= thr] for r in results]

@@ -30,29 +30,23 @@ import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.paths import shipped
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
 DEFAULT_CONFIG = "tasks/simplebaseline_r18_tiny_shapes_pose.py"
 DEFAULT_WEIGHTS = "tasks/weights/simplebaseline_r18_tiny_shapes_pose.pth"
 
 
-class PoseAdapter(TaskAdapter):
+class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     name, primary_metric, metrics = "pose", "AP", ("AP", "AP50", "AP75", "AR")
     description = "top-down keypoints on ground-truth boxes (mmpose SimpleBaseline), COCO keypoint AP"
-    default_weights = DEFAULT_WEIGHTS
+    library, default_config, default_weights = "mmpose", DEFAULT_CONFIG, DEFAULT_WEIGHTS
     box_padding = 1.25  # mmpose's GetBBoxCenterScale padding
     dense_scale = 2.0  # features/objectness without boxes: upsample the image to the crops' typical scale
     pseudo_score_thr = 0.3  # pseudo ground truth: keypoints scored above this count as labelled (v=2)
     jitter = (0.1, 0.8, 1.25)  # training: box centre shift (fraction of the side), side scale range
 
     def __init__(self, config=None, checkpoint=None, device=None, train=False):
-        super().__init__()
-        if config is None:
-            config = shipped(DEFAULT_CONFIG)
-            checkpoint = checkpoint or (None if train else str(shipped(DEFAULT_WEIGHTS)))
-        self.cfg = openmmlab.load_config(config, "mmpose")
-        self._model = openmmlab.build_model(self.cfg, "mmpose", checkpoint, device)
+        super().__init__(config, checkpoint, device, train)
         if train and not checkpoint:  # mmpose's own init (the head's final layer near zero); no downloads
             from mmengine.logging import MMLogger
 
@@ -75,10 +69,6 @@ class PoseAdapter(TaskAdapter):
         self._gt_source = None
         self._gt: dict[int, list[dict]] = {}
         self._boxes: dict[int, tuple[np.ndarray, list]] = {}
-
-    @property
-    def model(self):
-        return self._model
 
     def bind(self, dataset):
         super().bind(dataset)

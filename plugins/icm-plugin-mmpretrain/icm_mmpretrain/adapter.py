@@ -14,14 +14,13 @@ import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.paths import shipped
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
 DEFAULT_CONFIG = "tasks/resnet18_tiny_shapes_cls.py"
 DEFAULT_WEIGHTS = "tasks/weights/resnet18_tiny_shapes_cls.pth"
 
 
-class ClsAdapter(TaskAdapter):
+class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     """Image classification. Predictions are ``{"scores": float32 (C,) softmax, "label": int}``.
 
     Metrics: ``top1`` and ``top5``, fractions in [0, 1]. ``top5`` is top-k accuracy with
@@ -31,21 +30,11 @@ class ClsAdapter(TaskAdapter):
 
     name, primary_metric, metrics = "cls", "top1", ("top1", "top5")
     description = "image classification (mmpretrain), top-1 / top-5 accuracy"
-    default_weights = DEFAULT_WEIGHTS
+    library, default_config, default_weights = "mmpretrain", DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
     def __init__(self, config=None, checkpoint=None, device=None, train=False):
-        super().__init__()
-        if config is None:
-            config = shipped(DEFAULT_CONFIG)
-            checkpoint = checkpoint or (None if train else str(shipped(DEFAULT_WEIGHTS)))
-        self.cfg = openmmlab.load_config(config, "mmpretrain")
-        self._model = openmmlab.build_model(self.cfg, "mmpretrain", checkpoint, device)
-        self.device = next(self._model.parameters()).device
+        super().__init__(config, checkpoint, device, train)
         self._labels_cache: dict[Path, dict[Path, int]] = {}
-
-    @property
-    def model(self):
-        return self._model
 
     @property
     def num_classes(self) -> int:

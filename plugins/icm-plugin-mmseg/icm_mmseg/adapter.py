@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.paths import shipped
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
 DEFAULT_CONFIG = "tasks/fpn_r18_tiny_shapes_seg.py"
@@ -20,23 +19,10 @@ DEFAULT_WEIGHTS = "tasks/weights/fpn_r18_tiny_shapes_seg.pth"
 IGNORE_INDEX = 255
 
 
-class SegAdapter(TaskAdapter):
+class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     name, primary_metric, metrics = "seg", "mIoU", ("mIoU", "aAcc", "mAcc")
     description = "semantic segmentation (mmseg), mIoU"
-    default_weights = DEFAULT_WEIGHTS
-
-    def __init__(self, config=None, checkpoint=None, device=None, train=False):
-        super().__init__()
-        if config is None:
-            config = shipped(DEFAULT_CONFIG)
-            checkpoint = checkpoint or (None if train else str(shipped(DEFAULT_WEIGHTS)))
-        self.cfg = openmmlab.load_config(config, "mmseg")
-        self._model = openmmlab.build_model(self.cfg, "mmseg", checkpoint, device)
-        self.device = next(self._model.parameters()).device
-
-    @property
-    def model(self):
-        return self._model
+    library, default_config, default_weights = "mmseg", DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
     @property
     def num_classes(self) -> int:
