@@ -25,6 +25,11 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     description = ""
     library, default_config, default_weights = "mmdet", DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
+    def bind(self, dataset):
+        for cached in ("_coco", "classes"):  # annotations of the previous dataset
+            self.__dict__.pop(cached, None)
+        return super().bind(dataset)
+
     # -- ground truth --------------------------------------------------------------------------------
     @cached_property
     def _coco(self):
