@@ -110,3 +110,45 @@ def test_torchrun_two_ranks_match_one_process(tiny_shapes, tmp_path):
     assert [p["bpp"] for p in two["points"]] == pytest.approx([p["bpp"] for p in one["points"]]) or \
         sorted(p["bpp"] or 0 for p in two["points"]) == pytest.approx(sorted(p["bpp"] or 0 for p in one["points"]))
     assert two["counters"]["encodes"] == one["counters"]["encodes"]
+
+
+class _FlakyPlugin:
+    """A codec that fails on one particular image, to check that a run survives it."""
+
+    @staticmethod
+    def _cls():
+        from icm.codecs.anchors import JPEG
+        from icm.errors import UserError
+
+        class Flaky(JPEG):
+            name = "flaky"
+
+            def encode_streams(self, image, rate):
+                if int(image.sum()) % 3 == 0:
+                    raise UserError("flaky codec refuses this image")
+                return super().encode_streams(image, rate)
+
+        return Flaky
+
+    from icm import hookimpl
+
+    @hookimpl
+    def icm_register_codecs(self, register):
+        register("flaky", self._cls(), kind="anchor")
+
+
+def test_a_failing_image_is_reported_with_its_id_and_the_rest_is_kept(toy, icm_register_plugin, tiny_shapes, tmp_path):
+    from icm.images import load_image
+    from icm.datasets import load_dataset
+
+    icm_register_plugin(_FlakyPlugin(), name="flaky")
+    exp = experiment(tiny_shapes, tmp_path)
+    exp.codecs.append(CodecSpec("flaky", rates=[{"quality": 50}]))
+    summary = evaluate(exp, progress=False)
+    images = load_dataset(str(tiny_shapes), "val").images
+    bad = sorted(r["id"] for r in images if int(load_image(r["file_name"]).sum()) % 3 == 0)
+    failed = sorted(f["image_id"] for f in summary["counters"]["failures"])
+    assert failed == bad and 0 < len(bad) < len(images)
+    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]["colour"]
+    assert metrics["flaky@quality=50"]["images"] == len(images) - len(bad)
+    assert metrics["jpeg@quality=90"]["images"] == len(images)
