@@ -9,6 +9,7 @@ from icm import hookimpl
 def icm_register_codecs(register):
     # imports stay inside the hook so `icm plugins` does not pay for torch/compressai unless asked
     from icm.codecs.anchors import ANCHORS
+    from icm.codecs.icm_codec import ICMCodec
     from icm.codecs.learned import ARCHITECTURES, CompressAICodec, ShippedCompressAICodec
 
     for cls in ANCHORS:
@@ -19,3 +20,6 @@ def icm_register_codecs(register):
     register("icm-hyperprior-mse", partial(ShippedCompressAICodec, "icm-hyperprior-mse", "bmshj2018-hyperprior", 4,
                                            description="bmshj2018-hyperprior (N=64, M=96) trained on shapes for MSE"),
              kind="learned", description="shipped: hyperprior trained on shapes for MSE (4 qualities)")
+    register("icm-omni", ICMCodec, kind="learned",
+             description="icm's variable-rate ICM codec (rate 0..1, gain units; aux=True adds the aux stream); "
+                         "weights in configs/codecs/icm-omni/model.pth, --checkpoint FILE or --weights random")

@@ -1,0 +1,438 @@
+"""icm's own learned codec: a small mean-scale hyperprior auto-encoder with a continuous rate and an
+optional scalable residual stream. Design and training contract: docs/icm_codec.md.
+
+* Main codec after Le et al. (thesis §3.1-3.2): ~1.5M parameters, latent at 1/8 resolution, a mean
+  and scale hyperprior and no autoregressive context, so decoding is a few parallel convolutions.
+* Continuous rate after Cui et al. / RDC §3.2: ``num_gains`` learned per-channel gain vectors (and
+  inverse gains) for y and z, ``y_hat = Q(y * G) * G_inv``; a rate ``alpha`` in [0, 1] picks a point
+  between two neighbouring vectors by exponential (log-linear) interpolation.
+* Auxiliary branch after RDC §3.3-3.4: the quantisation error ``y - y_hat`` goes through three
+  convolutions, its own gain unit and its own entropy bottleneck into the ``aux`` stream; three
+  convolutions bring it back, ``y2 = y_hat + residual``, a small network makes ``r`` from ``y2`` (and
+  the decoder's features), and ``x_bar = x_hat1 + (1 - beta) * r``. A task-only decoder skips ``aux``.
+
+Entropy models and the range coder are CompressAI's (EntropyBottleneck, GaussianConditional, rANS).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from icm.codecs import Codec, RateControl
+from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_image, to_tensor
+from icm.errors import BitstreamError, UserError
+
+with warnings.catch_warnings():  # compressai's import trips torch's jit.script deprecation warning
+    warnings.simplefilter("ignore", FutureWarning)
+    import compressai
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.layers import GDN
+    from compressai.models import CompressionModel
+    from compressai.models.utils import conv, deconv
+
+STRIDE = 32  # y at 1/8, z at 1/32 (the aux stream at 1/16): images are padded to a multiple of this
+DEFAULT_CONFIG = dict(N=96, M=64, Nh=64, num_gains=6, aux_channels=64, aux_latent=32, res_channels=48)
+STREAMS = ("main", "hyper", "aux")
+
+
+def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """q in the forward pass, identity gradient to x (straight-through)."""
+    return x + (q - x).detach()
+
+
+def _inv_softplus(v: float) -> float:
+    return math.log(math.expm1(v))
+
+
+class GainUnit(nn.Module):
+    """``num_gains`` per-channel gain vectors G_0..G_{N-1} and inverse gains, interpolated by rate.
+
+    The gains are parameterised as ``log G_n = log G_0 + sum_{k<n} softplus(d_k)``, so every channel's
+    gain grows with the index: a higher rate never quantises a channel more coarsely. The inverse gains
+    are free (Cui et al.'s asymmetric gain) and start at 1/G_n. Initial gains are ``sqrt(2)`` apart
+    (a doubled lambda halves the MSE-optimal step), centred on 1.
+    """
+
+    def __init__(self, num_gains: int, channels: int, step: float = 0.5 * math.log(2.0)):
+        super().__init__()
+        if num_gains < 1:
+            raise ValueError("num_gains must be at least 1")
+        self.num_gains, self.channels = num_gains, channels
+        self.log_gain0 = nn.Parameter(torch.full((channels,), -step * (num_gains - 1) / 2))
+        self.log_steps = nn.Parameter(torch.full((num_gains - 1, channels), _inv_softplus(step)))
+        self.log_inv_gain = nn.Parameter(-self.log_table().detach().clone())
+
+    def log_table(self) -> torch.Tensor:
+        """(num_gains, channels) log gains, non-decreasing along the first axis."""
+        steps = torch.cumsum(F.softplus(self.log_steps), dim=0)
+        return torch.cat([self.log_gain0[None], self.log_gain0[None] + steps], dim=0)
+
+    def forward(self, rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rate (B,) in [0, 1] -> gain, inverse gain, each (B, C, 1, 1)."""
+        return (_interpolate(self.log_table(), rate).exp()[..., None, None],
+                _interpolate(self.log_inv_gain, rate).exp()[..., None, None])
+
+
+def _interpolate(table: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table`` at position ``rate * (N - 1)``, linear between neighbours (log domain), (B, C)."""
+    n = table.shape[0]
+    if n == 1:
+        return table.expand(rate.shape[0], -1)
+    pos = rate.to(table.dtype) * (n - 1)
+    lo = pos.floor().clamp(0, n - 2).long()
+    frac = (pos - lo.to(pos.dtype))[:, None]
+    return (1 - frac) * table[lo] + frac * table[lo + 1]
+
+
+class ResidualNet(nn.Module):
+    """R(y2): transposed convolutions back to full resolution, with the main decoder's 1/4 and 1/2
+    features mixed in through point-wise convolutions (RDC §3.3). The last layer starts at zero, so an
+    untrained branch gives r = 0 and x_bar = x_hat1 for every beta."""
+
+    def __init__(self, M: int, N: int, C: int):
+        super().__init__()
+        self.up1, self.up2, self.up3 = deconv(M, C), deconv(C, C), deconv(C, 3)
+        self.f1, self.f2 = nn.Conv2d(N, C, 1), nn.Conv2d(N, C, 1)
+        nn.init.zeros_(self.up3.weight)
+        nn.init.zeros_(self.up3.bias)
+
+    def forward(self, y2: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        h = F.leaky_relu(self.up1(y2) + self.f1(feats[0]))
+        h = F.leaky_relu(self.up2(h) + self.f2(feats[1]))
+        return self.up3(h)
+
+
+class ICMNet(CompressionModel):
+    """The network. ``rate`` is a float or a per-sample (B,) tensor in [0, 1]; ``beta`` a float or (B,).
+
+    ``train_quant``: ``"noise"`` feeds the decoder the noisy latent in training (as the entropy
+    models do); ``"ste"`` feeds it the rounded latent with a straight-through gradient (likelihoods
+    still use noise). In eval mode the decoder always gets the rounded latent, straight-through, so
+    gradients still reach the input and the gains.
+    """
+
+    def __init__(self, N: int = 96, M: int = 64, Nh: int = 64, num_gains: int = 6, aux: bool = True,
+                 aux_channels: int = 64, aux_latent: int = 32, res_channels: int = 48,
+                 train_quant: str = "noise"):
+        super().__init__()
+        if train_quant not in ("noise", "ste"):
+            raise ValueError(f"train_quant must be 'noise' or 'ste', not {train_quant!r}")
+        self.config = dict(N=N, M=M, Nh=Nh, num_gains=num_gains, aux=aux, aux_channels=aux_channels,
+                           aux_latent=aux_latent, res_channels=res_channels)
+        self.train_quant = train_quant
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.ModuleList([nn.Sequential(deconv(M, N), GDN(N, inverse=True)),
+                                  nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
+                                  deconv(N, 3)])
+        self.h_a = nn.Sequential(conv(M, Nh, 3, 1), nn.LeakyReLU(inplace=True), conv(Nh, Nh),
+                                 nn.LeakyReLU(inplace=True), conv(Nh, Nh))
+        self.h_s = nn.Sequential(deconv(Nh, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2),
+                                 nn.LeakyReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))
+        self.gain_y = GainUnit(num_gains, M)
+        self.gain_z = GainUnit(num_gains, Nh)
+        self.entropy_bottleneck = EntropyBottleneck(Nh)
+        self.gaussian_conditional = GaussianConditional(None)
+        self.aux = aux
+        if aux:
+            A, L = aux_channels, aux_latent
+            self.aux_a = nn.Sequential(conv(M, A, 3, 1), nn.LeakyReLU(inplace=True), conv(A, A, 3, 2),
+                                       nn.LeakyReLU(inplace=True), conv(A, L, 3, 1))
+            self.aux_s = nn.Sequential(conv(L, A, 3, 1), nn.LeakyReLU(inplace=True), deconv(A, A, 3, 2),
+                                       nn.LeakyReLU(inplace=True), conv(A, M, 3, 1))
+            self.gain_aux = GainUnit(num_gains, L)
+            self.aux_bottleneck = EntropyBottleneck(L)
+            self.aux_r = ResidualNet(M, N, res_channels)
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, state: dict, **kwargs) -> "ICMNet":
+        """Build the architecture a state dict describes (widths read from its shapes) and load it.
+        Raises ValueError if the dict is not an ICMNet's."""
+        try:
+            N, M = state["g_a.0.weight"].shape[0], state["g_a.4.weight"].shape[0]
+            Nh = state["h_a.0.weight"].shape[0]
+            num_gains = state["gain_y.log_inv_gain"].shape[0]
+            aux = "aux_a.0.weight" in state
+            extra = {}
+            if aux:
+                extra = dict(aux_channels=state["aux_a.0.weight"].shape[0],
+                             aux_latent=state["aux_a.4.weight"].shape[0],
+                             res_channels=state["aux_r.up1.weight"].shape[1])
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise ValueError(f"not an ICMNet state dict (no {exc})") from None
+        net = cls(N=N, M=M, Nh=Nh, num_gains=num_gains, aux=aux, **extra, **kwargs)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        return net
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``primary`` (encoder, decoder, hyperprior, y/z gains), ``aux_branch`` (scalable transform,
+        its gains, residual network) and ``quantiles`` (the entropy bottlenecks' quantiles, for
+        CompressAI's separate ``aux_loss`` optimiser). RDC trains ``aux_branch`` in a second stage
+        with ``primary`` frozen."""
+        groups: dict[str, list] = {"primary": [], "aux_branch": [], "quantiles": []}
+        for name, p in self.named_parameters():
+            key = "quantiles" if name.endswith(".quantiles") else \
+                "aux_branch" if name.split(".")[0] in ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r") \
+                else "primary"
+            groups[key].append(p)
+        return groups
+
+    AUX_MODULES = ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r")
+
+    def train_stage(self, stage: int) -> list[nn.Parameter]:
+        """Set modes and ``requires_grad`` for RDC's two training stages; returns what to optimise.
+
+        Stage 1: everything in training mode, the primary parameters trainable, the aux branch frozen
+        (call ``forward(..., aux=False)``). Stage 2: the primary branch frozen *and in eval mode*, so
+        ``y_hat`` is the real rounded latent the decoder will see and ``y - y_hat`` the real
+        quantisation error; only the aux branch trains (its bottleneck with noise). The quantiles
+        stay trainable in both stages for ``aux_loss()``.
+        """
+        groups = self.parameter_groups()
+        if stage not in (1, 2) or (stage == 2 and not self.aux):
+            raise ValueError("stage must be 1, or 2 for a net with an aux branch")
+        for p in groups["primary"]:
+            p.requires_grad_(stage == 1)
+        for p in groups["aux_branch"]:
+            p.requires_grad_(stage == 2)
+        if stage == 1:
+            self.train()
+            return groups["primary"]
+        self.eval()
+        for name in self.AUX_MODULES:
+            getattr(self, name).train()
+        return groups["aux_branch"]
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _per_sample(value, batch: int, device, what: str) -> torch.Tensor:
+        t = torch.as_tensor(value, dtype=torch.float32, device=device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"{what} must be a float or a ({batch},) tensor, not shape {tuple(t.shape)}")
+        if bool(((t < 0) | (t > 1)).any()):
+            raise ValueError(f"{what} must lie in [0, 1]")
+        return t
+
+    def _decode(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        f1 = self.g_s[0](y_hat)
+        f2 = self.g_s[1](f1)
+        return self.g_s[2](f2), [f1, f2]
+
+    def _hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        means, scales = self.h_s(z_hat).chunk(2, 1)
+        return means, scales
+
+    # -- training / analysis -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, rate, beta=1.0, aux: bool | None = None) -> dict:
+        """x (B,3,H,W) in [0,1], H and W multiples of 32.
+
+        Returns ``x_hat`` (x_bar at ``beta``), ``x_hat_main`` (x_hat1), ``likelihoods`` {y, z},
+        ``aux_likelihoods`` {aux} (only when the aux branch ran), ``y``, ``y_hat``, ``r`` (or None).
+        The aux branch runs when the net has one and ``beta`` is not the number 1 (at beta = 1 it
+        cannot change x_hat, so stage-1 training does not pay for it); ``aux=True``/``False`` forces it.
+        """
+        B = x.shape[0]
+        rate = self._per_sample(rate, B, x.device, "rate")
+        g_y, ig_y = self.gain_y(rate)
+        g_z, ig_z = self.gain_z(rate)
+        y = self.g_a(x)
+        y_g = y * g_y
+        z_g = self.h_a(y_g) * g_z
+        z_g_hat, z_lik = self.entropy_bottleneck(z_g)
+        if not self.entropy_bottleneck.training:
+            z_g_hat = _ste(z_g, z_g_hat)
+        means, scales = self._hyper(z_g_hat * ig_z)
+        y_g_hat, y_lik = self.gaussian_conditional(y_g, scales, means=means)
+        if not self.gaussian_conditional.training or self.train_quant == "ste":
+            y_g_hat = _ste(y_g, torch.round(y_g - means) + means)
+        y_hat = y_g_hat * ig_y
+        x_main, feats = self._decode(y_hat)
+        out = {"x_hat": x_main, "x_hat_main": x_main, "likelihoods": {"y": y_lik, "z": z_lik},
+               "y": y, "y_hat": y_hat, "r": None}
+        if aux is None:
+            aux = self.aux and not (isinstance(beta, (int, float)) and float(beta) == 1.0)
+        if aux:
+            if not self.aux:
+                raise ValueError("this ICMNet has no aux branch")
+            beta = self._per_sample(beta, B, x.device, "beta")
+            g_a, ig_a = self.gain_aux(rate)
+            s_g = self.aux_a(y - y_hat) * g_a
+            s_g_hat, s_lik = self.aux_bottleneck(s_g)
+            if not self.aux_bottleneck.training or self.train_quant == "ste":
+                medians = self.aux_bottleneck.quantiles[:, 0, 1].detach()[None, :, None, None]
+                s_g_hat = _ste(s_g, torch.round(s_g - medians) + medians)
+            y2 = y_hat + self.aux_s(s_g_hat * ig_a)
+            r = self.aux_r(y2, feats)
+            out.update(x_hat=x_main + (1 - beta)[:, None, None, None] * r, r=r, y2=y2,
+                       aux_likelihoods={"aux": s_lik})
+        return out
+
+    # -- coding --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, rate: float, aux: bool = False) -> dict[str, bytes]:
+        """One image (1,3,H,W), H and W multiples of 32 -> {"main", "hyper"(, "aux")} byte strings.
+        Needs ``update()`` first (the codec does it)."""
+        if x.shape[0] != 1:
+            raise ValueError("compress codes one image at a time")
+        if aux and not self.aux:
+            raise ValueError("this ICMNet has no aux branch")
+        rate = self._per_sample(rate, 1, x.device, "rate")
+        g_y, ig_y = self.gain_y(rate)
+        g_z, ig_z = self.gain_z(rate)
+        y = self.g_a(x)
+        y_g = y * g_y
+        z_g = self.h_a(y_g) * g_z
+        hyper = self.entropy_bottleneck.compress(z_g)
+        # the hyperprior comes from the decoded z, exactly as the decoder will compute it
+        z_g_hat = self.entropy_bottleneck.decompress(hyper, z_g.shape[-2:])
+        means, scales = self._hyper(z_g_hat * ig_z)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        main = self.gaussian_conditional.compress(y_g, indexes, means=means)
+        out = {"main": main[0], "hyper": hyper[0]}
+        if aux:
+            y_hat = self.gaussian_conditional.quantize(y_g, "dequantize", means) * ig_y
+            g_a, _ = self.gain_aux(rate)
+            out["aux"] = self.aux_bottleneck.compress(self.aux_a(y - y_hat) * g_a)[0]
+        return out
+
+    @torch.no_grad()
+    def decompress(self, streams: dict[str, bytes], size: tuple[int, int], rate: float, beta: float = 1.0) -> torch.Tensor:
+        """Streams and the padded image size (H, W) -> x_bar (1,3,H,W), unclamped. ``aux`` is used
+        only when present and ``beta < 1``; without it (a task-only decode) the result is x_hat1."""
+        H, W = size
+        if H % STRIDE or W % STRIDE:
+            raise ValueError(f"size {size} is not a multiple of {STRIDE}")
+        device = self.g_a[0].weight.device
+        rate = self._per_sample(rate, 1, device, "rate")
+        beta = float(self._per_sample(beta, 1, device, "beta")[0])
+        _, ig_y = self.gain_y(rate)
+        _, ig_z = self.gain_z(rate)
+        z_g_hat = self.entropy_bottleneck.decompress([streams["hyper"]], (H // STRIDE, W // STRIDE))
+        means, scales = self._hyper(z_g_hat * ig_z)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_hat = self.gaussian_conditional.decompress([streams["main"]], indexes, means=means) * ig_y
+        x_main, feats = self._decode(y_hat)
+        if "aux" not in streams or beta == 1.0:
+            return x_main
+        if not self.aux:
+            raise ValueError("the bitstream has an aux stream but this ICMNet has no aux branch")
+        _, ig_a = self.gain_aux(rate)
+        s_g_hat = self.aux_bottleneck.decompress([streams["aux"]], (H // 16, W // 16))
+        r = self.aux_r(y_hat + self.aux_s(s_g_hat * ig_a), feats)
+        return x_main + (1 - beta) * r
+
+
+class ICMCodec(Codec):
+    """ICMNet as an icm codec: continuous ``rate`` 0..1 stored in the container as ``{"rate": a}``.
+
+    ``aux=True`` adds the ``aux`` stream when encoding; decoding uses it only when ``decode_beta < 1``
+    (``beta`` option, default 1: the task-oriented image). Dropping ``aux`` from a file
+    (``Bitstream.to_bytes(["main", "hyper"])``) leaves a valid task-only file. Weights: ``checkpoint``,
+    else configs/codecs/<name>/model.pth; ``weights="random"`` gives seeded untrained weights (with
+    the aux branch, so the weights hash does not depend on ``aux``).
+    """
+
+    kind = "learned"
+
+    def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
+                 aux: bool = False, name: str = "icm-omni", beta: float = 1.0):
+        if weights not in ("pretrained", "random"):
+            raise UserError(f"weights must be 'pretrained' or 'random', not {weights!r}")
+        if weights == "random" and checkpoint:
+            raise UserError("--weights random and --checkpoint contradict each other; give one")
+        if not 0.0 <= float(beta) <= 1.0:
+            raise UserError(f"beta {beta} out of range (0..1)")
+        self.name = name
+        self.version = "1-cai" + ".".join(compressai.__version__.split(".")[:2])
+        self.weights, self.aux, self.decode_beta = weights, bool(aux), float(beta)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.device = torch.device(device) if device else default_device()
+        self.rate_control = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
+        self.description = ("icm's variable-rate ICM codec (mean-scale hyperprior, gain units"
+                            + (", aux residual stream)" if aux else ")"))
+        self._net: ICMNet | None = None
+        self._hash = b""
+
+    # -- weights -------------------------------------------------------------------------------------
+    def weights_file(self) -> Path | None:
+        if self.weights == "random":
+            return None
+        if self.checkpoint is not None:
+            return self.checkpoint
+        from icm.paths import configs_dir
+
+        return configs_dir() / "codecs" / self.name / "model.pth"
+
+    def unavailable_reason(self) -> str | None:
+        path = self.weights_file()
+        if path is None or path.is_file():
+            return None
+        if self.checkpoint is not None:
+            return f"checkpoint {path}: no such file"
+        return (f"no weights at {path}: train ICMNet (see docs/icm_codec.md) and save its state_dict "
+                f"there, or pass --checkpoint FILE, or --weights random for untrained weights")
+
+    @property
+    def net(self) -> ICMNet:
+        if self._net is None:
+            self.require_available()
+            net = self._build()
+            if self.aux and not net.aux:
+                raise UserError(f"{self.weights_file()} has no aux branch; it cannot encode with aux=True")
+            net.update(force=True)
+            self._net = net.to(self.device).eval()
+            self._hash = tensor_hash(self._net.state_dict())
+        return self._net
+
+    def _build(self) -> ICMNet:
+        if self.weights == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return ICMNet(**DEFAULT_CONFIG, aux=True)
+        path = self.weights_file()
+        state = load_checkpoint(path)
+        try:
+            return ICMNet.from_state_dict(state)
+        except ValueError as exc:
+            raise UserError(f"checkpoint {path} does not fit {self.name} ({str(exc)[:200]})") from None
+
+    def weights_hash(self, rate: dict) -> bytes:
+        self.net
+        return self._hash
+
+    # -- differentiable path for training --------------------------------------------------------------
+    def forward(self, x: torch.Tensor, rate, beta=1.0, aux: bool | None = None) -> dict:
+        """``ICMNet.forward``; the net is in eval mode until the caller sets ``codec.net.train()``."""
+        return self.net(x, rate, beta, aux=aux)
+
+    def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
+        """Bits the entropy models expect for this image (main + hyper, plus aux when ``aux``)."""
+        net = self.net
+        with torch.no_grad():
+            out = net(pad(to_tensor(image, self.device), STRIDE), rate["rate"], aux=self.aux)
+        liks = list(out["likelihoods"].values()) + list(out.get("aux_likelihoods", {}).values())
+        return float(sum(-torch.log2(v).sum() for v in liks))
+
+    # -- coding ----------------------------------------------------------------------------------------
+    def encode_streams(self, image, rate):
+        return self.net.compress(pad(to_tensor(image, self.device), STRIDE), rate["rate"], aux=self.aux)
+
+    def decode_streams(self, streams, rate, width, height):
+        names = set(streams)
+        if not {"main", "hyper"} <= names or not names <= set(STREAMS):
+            raise BitstreamError(f"{self.name} needs streams main, hyper (and optionally aux), got {sorted(names)}")
+        size = (-(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE)
+        x_hat = self.net.decompress(streams, size, rate["rate"], beta=self.decode_beta)
+        return to_image(x_hat[..., :height, :width])

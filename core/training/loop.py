@@ -1,0 +1,301 @@
+"""The training loop behind ``icm train``: epochs of (loss terms -> schedule -> step), validation,
+atomic per-epoch checkpoints with automatic resume, DDP under torchrun, and the final Pareto-front
+re-evaluation with real bitstreams. Layout of the output folder: docs/training.md."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from icm.bitstream import atomic_write_bytes
+from icm.datasets import load_dataset
+from icm.errors import UserError
+from icm.evaluation.engine import _jsonable, dist_setup, gather, write_json
+from icm.plugins import get_plugins
+from icm.tasks import Batch
+from icm.training import codec as C
+from icm.training.config import TrainConfig
+from icm.training.data import epoch_batches, load_batch, pad
+from icm.training.losses import Context, build_loss
+from icm.training.pareto import candidates, reevaluate, select_front
+from icm.training.plot import plot_history
+from icm.training.schedules import build_schedule
+from icm.training.validate import validate
+
+STATE = "state.pt"
+
+
+def plain(obj):
+    """JSON-able python only (numpy scalars become floats): safe for weights_only checkpoint loading."""
+    return json.loads(json.dumps(obj, default=_jsonable))
+
+
+def save_torch(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def build_adapters(cfg: TrainConfig, device) -> dict:
+    registry = get_plugins().tasks
+    adapters = {}
+    for spec in cfg.tasks:
+        kwargs = {k: v for k, v in (("config", spec.config), ("checkpoint", spec.checkpoint), ("device", str(device))) if v}
+        adapter = registry.get(spec.name)(**kwargs)
+        try:
+            adapter.model.eval().requires_grad_(False)  # the task networks stay frozen (Le §3.3)
+        except NotImplementedError:
+            pass
+        adapters[spec.name] = adapter
+    return adapters
+
+
+def _barrier(world):
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _allreduce_grads(params, world):
+    if world > 1:
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+
+
+def _allreduce_sums(sums: dict[str, float], world) -> dict[str, float]:
+    if world == 1:
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+class Run:
+    """One training run; ``run()`` trains the remaining epochs and does the final selection."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True, on_epoch_end=None):
+        self.cfg, self.progress, self.on_epoch_end = cfg, progress, on_epoch_end
+        self.rank, self.world = dist_setup()
+        self.device = pick_device(cfg.device)
+        self.out = Path(cfg.out)
+        self.ckdir = self.out / "checkpoints"
+        if not resume and self.rank == 0:
+            for name in ("checkpoints", "pareto"):
+                shutil.rmtree(self.out / name, ignore_errors=True)
+            for name in ("log.json", "plot.png", "pareto.json"):
+                (self.out / name).unlink(missing_ok=True)
+        _barrier(self.world)
+        torch.manual_seed(cfg.seed * 7919 + self.rank)
+        self.train_ds, self.val_ds = load_dataset(cfg.dataset, cfg.train_split), load_dataset(cfg.dataset, cfg.val_split)
+        self.train_images = self.train_ds.images[: cfg.train_limit] if cfg.train_limit else self.train_ds.images
+        self.val_images = self.val_ds.images[: cfg.val_limit] if cfg.val_limit else self.val_ds.images
+        self.adapters = build_adapters(cfg, self.device)
+        for a in self.adapters.values():
+            a.bind(self.train_ds)
+        self.losses = {t: build_loss(t, spec.options) for t, spec in cfg.losses.items()}
+        self.trainable = C.open_for_training(cfg.codec, self.device)
+        self.schedule = build_schedule(cfg.schedule, list(self.losses), cfg.schedule_options)
+        self.rates = C.val_rates(cfg.codec, self.trainable.continuous)
+        self.history: list[dict] = []
+        self.start = 1
+        state = self._load_state() if resume else None
+        main, self.aux = self.trainable.main_and_aux_parameters()
+        self.main = main
+        groups = [{"params": main}] + ([{"params": self.schedule.parameters()}] if self.schedule.parameters() else [])
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr)
+        self.aux_opt = torch.optim.Adam(self.aux, lr=cfg.aux_lr) if self.aux else None
+        if state is not None:
+            self.opt.load_state_dict(state["optimizer"])
+            if self.aux_opt is not None and state.get("aux_optimizer"):
+                self.aux_opt.load_state_dict(state["aux_optimizer"])
+            rng = state.get("rng") or []
+            if len(rng) == self.world:
+                torch.set_rng_state(rng[self.rank])
+        for q in self.aux:  # trained by the auxiliary step only, so DDP leaves them alone
+            q.requires_grad_(False)
+        self.model = self.trainable
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.trainable, find_unused_parameters=True)
+
+    def _load_state(self):
+        path = self.ckdir / STATE
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        changed = _changed_keys(state.get("config", {}), plain(self.cfg.to_dict()))
+        if changed:
+            raise UserError(f"{path} was trained with another config ({', '.join(changed)} differ): "
+                            f"use --no-resume to start again, or another --out")
+        self.trainable.net.load_state_dict(state["model"])
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        self.history = state.get("history", [])
+        self.start = int(state["epoch"]) + 1
+        return state
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        self.schedule.set_epoch(epoch)
+        lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        batches = epoch_batches(self.train_images, cfg.batch_size, cfg.seed, epoch, self.rank, self.world)
+        if not batches:
+            raise UserError(f"not enough training images for {self.world} rank(s) at batch size {cfg.batch_size}")
+        active = self.schedule.active()
+        sums, steps, total_sum = {t: 0.0 for t in active}, 0, 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress or self.rank != 0)
+        for samples in bar:
+            x = load_batch(samples, self.device)
+            h, w = x.shape[-2:]
+            rate = C.sample_rate(cfg.codec, self.trainable.continuous)
+            out = self.model(pad(x, cfg.codec.pad_to), rate)
+            ctx = Context(x, out["x_hat"][..., :h, :w], out["likelihoods"], Batch(x, samples), self.adapters)
+            values = {t: self.losses[t](ctx) * cfg.losses[t].weight * (C.rate_lambda(cfg.codec, rate) if t == "rate" else 1.0)
+                      for t in active}
+            total = self.schedule.combine(values)
+            self.opt.zero_grad(set_to_none=True)
+            if total.requires_grad:
+                total.backward()
+                _allreduce_grads(self.schedule.parameters(), self.world)
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.main, cfg.clip_grad)
+                self.opt.step()
+            self._aux_step()
+            for t, v in values.items():
+                sums[t] += float(v.detach())
+            total_sum += float(total.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{total_sum / steps:.4g}")
+        sums = _allreduce_sums({**sums, "_total": total_sum, "_steps": float(steps)}, self.world)
+        n = sums.pop("_steps")
+        means = {t: v / n for t, v in sums.items()}
+        factors = self.schedule.factors()
+        self.schedule.end_epoch(epoch, {t: means[t] for t in active})
+        return {"epoch": epoch, "lr": lr, "batches": int(n), "total": means.pop("_total"), "losses": means,
+                "weights": {t: cfg.losses[t].weight * factors[t] for t in self.losses}, "train_seconds": time.time() - t0}
+
+    def _aux_step(self):
+        if self.aux_opt is None:
+            return
+        for q in self.aux:
+            q.requires_grad_(True)
+        loss = self.trainable.aux_loss()
+        self.aux_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _allreduce_grads(self.aux, self.world)
+        self.aux_opt.step()
+        for q in self.aux:
+            q.requires_grad_(False)
+
+    def validate(self) -> list[dict] | None:
+        for a in self.adapters.values():
+            a.bind(self.val_ds)
+        rows = validate(self.trainable, self.adapters, self.val_images, self.rates, batch_size=self.cfg.eval_batch_size,
+                        pad_to=self.cfg.codec.pad_to, device=self.device, rank=self.rank, world=self.world,
+                        progress=self.progress)
+        for a in self.adapters.values():
+            a.bind(self.train_ds)
+        return rows
+
+    def save(self, epoch: int, entry: dict) -> None:
+        rng = gather(torch.get_rng_state(), self.world)
+        if self.rank != 0:
+            return
+        net = self.trainable.net.state_dict()
+        candidate = self.ckdir / f"epoch_{epoch:03d}.pth"
+        save_torch(net, candidate)  # the candidate: a plain state dict, loadable as the codec's checkpoint
+        entry["checkpoint"] = str(candidate.relative_to(self.out))
+        self.history = [h for h in self.history if h["epoch"] < epoch] + [plain(entry)]
+        save_torch({"epoch": epoch, "model": net, "optimizer": self.opt.state_dict(),
+                    "aux_optimizer": self.aux_opt.state_dict() if self.aux_opt else None,
+                    "schedule": self.schedule.state_dict(), "rng": rng, "history": self.history,
+                    "config": plain(self.cfg.to_dict())}, self.ckdir / STATE)
+        self.write_log()
+        plot_history(self.history, self.out / "plot.png")
+
+    def write_log(self, pareto: list | None = None) -> None:
+        write_json(self.out / "log.json", {"schema": "icm.train-log/1", "config": self.cfg.to_dict(),
+                                           "world_size": self.world, "epochs": self.history,
+                                           **({"pareto": pareto} if pareto is not None else {})})
+
+    # -- the whole run -----------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        trained = []
+        for epoch in range(self.start, self.cfg.epochs + 1):
+            entry = self.train_epoch(epoch)
+            t0 = time.time()
+            entry["val"] = self.validate()
+            entry["val_seconds"] = time.time() - t0
+            self.save(epoch, entry)
+            _barrier(self.world)
+            trained.append(epoch)
+            if self.rank == 0 and self.progress:
+                tqdm.write(_summary_line(entry))
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, entry)
+        pareto = self.final() if self.cfg.reevaluate else None
+        if self.rank != 0:
+            return None
+        return {"out": str(self.out), "trained_epochs": trained, "start_epoch": self.start, "history": self.history,
+                "pareto": pareto}
+
+    def final(self) -> list[dict] | None:
+        front = select_front(candidates(self.history)) if self.rank == 0 else None
+        if self.world > 1:
+            box = [front]
+            torch.distributed.broadcast_object_list(box, src=0)
+            front = box[0]
+        if not front:
+            return []
+
+        def export(epoch):
+            weights = self.out / "checkpoints" / f"epoch_{epoch:03d}.pth"
+            options = C.export_options(self.trainable, self.cfg.codec, weights,
+                                       self.out / "pareto" / f"epoch_{epoch:03d}" / "weights", write=self.rank == 0)
+            _barrier(self.world)
+            return options
+
+        rows = reevaluate(self.cfg, front, export, self.out, progress=self.progress)
+        if self.rank == 0:
+            write_json(self.out / "pareto.json", {"schema": "icm.train-pareto/1", "codec": self.cfg.codec.name,
+                                                  "candidates": len(candidates(self.history)), "front": rows})
+            self.write_log(rows)
+        return rows
+
+
+RESUMABLE_CHANGES = {"out", "epochs", "reevaluate", "device", "eval_batch_size"}  # may differ on resume
+
+
+def _changed_keys(saved: dict, now: dict) -> list[str]:
+    return sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+
+
+def _summary_line(entry: dict) -> str:
+    parts = [f"epoch {entry['epoch']}: loss {entry['total']:.4g}"]
+    for r in entry.get("val") or []:
+        parts.append(f"{r['rate_key']}: {r['est_bpp']:.4f} bpp, score {r['score']:.4g}")
+    return "; ".join(parts)
+
+
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, on_epoch_end=None) -> dict | None:
+    """Train (or resume) the run described by ``cfg``; returns a summary on rank 0, None elsewhere."""
+    return Run(cfg, resume=resume, progress=progress, on_epoch_end=on_epoch_end).run()

@@ -1,0 +1,312 @@
+"""icm's own codec (icm.codecs.icm_codec): architecture size, container round trip, continuous rate,
+aux stream and beta, cross-process determinism, gradients, checkpoint errors. CPU, well under a minute."""
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from icm.bitstream import Bitstream
+from icm.codecs.icm_codec import STRIDE, GainUnit, ICMCodec, ICMNet, _interpolate
+from icm.codecs.learned import pad, to_image, to_tensor
+from icm.errors import BitstreamError, CodecUnavailable, UserError
+
+SMALL = dict(N=32, M=32, Nh=32, aux_channels=32, aux_latent=16, res_channels=16)
+RATES = (0.0, 0.3, 0.6, 1.0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """64x96 crops of scikit-image photographs, plus an odd 61x90 one to exercise padding."""
+    from skimage import data
+
+    crops = [data.astronaut()[100:164, 100:196], data.coffee()[100:164, 200:296], data.chelsea()[10:71, 100:190]]
+    return [np.ascontiguousarray(c) for c in crops]
+
+
+def _mse(a, b):
+    return float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+
+
+def _eval_forward(codec, img, rate, beta=1.0):
+    with torch.no_grad():
+        out = codec.net(pad(to_tensor(img, codec.device), STRIDE), rate, beta)
+    return to_image(out["x_hat"][..., :img.shape[0], :img.shape[1]])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small ICMNet trained briefly on random crops: stage 1 (MSE + rate at 6 rates, per-sample
+    mixed in each batch), then stage 2 (aux branch only, MSE at beta=0 + aux rate, one lambda). Returns the two
+    checkpoint paths (stage 1 has the untrained aux branch)."""
+    from skimage import data
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    sources = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255
+               for im in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())]
+
+    def batch(n=4, s=64):
+        out = []
+        for _ in range(n):
+            im = sources[int(torch.randint(len(sources), (1,), generator=gen))]
+            i = int(torch.randint(im.shape[1] - s, (1,), generator=gen))
+            j = int(torch.randint(im.shape[2] - s, (1,), generator=gen))
+            out.append(im[:, i:i + s, j:j + s])
+        return torch.stack(out)
+
+    def bits(liks):
+        return sum(-torch.log2(v).sum((1, 2, 3)) for v in liks.values())
+
+    net = ICMNet(**SMALL)
+    quantiles = torch.optim.Adam(net.parameter_groups()["quantiles"], lr=1e-2)
+    folder = tmp_path_factory.mktemp("icm_codec")
+    paths = []
+    for stage, steps in ((1, 300), (2, 150)):
+        opt = torch.optim.Adam(net.train_stage(stage), lr=3e-3)
+        for _ in range(steps):
+            x = batch()
+            rate = torch.randint(0, 6, (x.shape[0],), generator=gen).float() / 5
+            # stage 1: lambda 0.002 .. 0.05, log-spaced along the rate; stage 2: one lambda, so that the
+            # shared residual network is not trained for the high rates only
+            lam = 0.002 * 25 ** rate if stage == 1 else torch.full_like(rate, 0.05)
+            if stage == 1:
+                out = net(x, rate, aux=False)
+                rate_term = bits(out["likelihoods"])
+            else:
+                out = net(x, rate, beta=0.0)
+                rate_term = bits(out["aux_likelihoods"])
+            mse = ((out["x_hat"] - x) ** 2).mean((1, 2, 3))
+            loss = (rate_term / (x.shape[2] * x.shape[3]) + lam * 255 ** 2 * mse).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            quantiles.zero_grad()
+            net.aux_loss().backward()
+            quantiles.step()
+        paths.append(folder / f"stage{stage}.pth")
+        torch.save(net.state_dict(), paths[-1])
+    return paths
+
+
+# -- architecture ------------------------------------------------------------------------------------
+def test_default_parameter_count_is_le_sized():
+    groups = ICMNet().parameter_groups()
+    counts = {k: sum(p.numel() for p in v) for k, v in groups.items()}
+    total = sum(counts.values())
+    print(f"ICMNet parameters: {counts}, total {total}")
+    assert 1_000_000 <= counts["primary"] + counts["quantiles"] <= 2_000_000  # Le: ~1.5M
+    assert 1_000_000 <= total <= 2_000_000
+    assert counts["aux_branch"] < counts["primary"] / 3
+    no_aux = ICMNet(aux=False)
+    assert sum(p.numel() for p in no_aux.parameters()) == counts["primary"] + 3 * 64  # + z quantiles
+
+
+def test_latent_is_one_eighth_and_decoding_has_no_autoregressive_context():
+    net = ICMNet(**SMALL).eval()
+    out = net(torch.rand(1, 3, 64, 96), 0.5)
+    assert out["y"].shape[-2:] == (8, 12) and out["x_hat"].shape == (1, 3, 64, 96)
+    assert not any("context" in n for n, _ in net.named_modules())
+
+
+def test_gains_are_monotone_in_rate_by_construction():
+    unit = GainUnit(6, 8)
+    with torch.no_grad():  # arbitrary learned values, including negative step logits
+        unit.log_steps.normal_(0, 3)
+        unit.log_gain0.normal_(0, 1)
+    alphas = torch.linspace(0, 1, 101)
+    gains, inv = unit(alphas)
+    gains = gains[..., 0, 0]
+    assert (gains[1:] >= gains[:-1]).all()
+    # at alpha = n / (N - 1) the n-th vector itself, in between the geometric interpolation
+    table = unit.log_table().exp()
+    assert torch.allclose(unit(torch.tensor([0.4]))[0][0, :, 0, 0], table[2], rtol=1e-6)
+    mid = unit(torch.tensor([0.5]))[0][0, :, 0, 0]
+    assert torch.allclose(mid, (table[2] * table[3]).sqrt(), rtol=1e-5)
+    assert inv.shape == (101, 8, 1, 1)
+    assert _interpolate(torch.ones(1, 3), torch.tensor([0.3, 0.9])).shape == (2, 3)
+
+
+def test_batch_with_mixed_rates_matches_per_image_forwards():
+    torch.manual_seed(1)
+    net = ICMNet(**SMALL).eval()
+    x = torch.rand(3, 3, 64, 64)
+    rates = torch.tensor([0.0, 0.45, 1.0])
+    with torch.no_grad():
+        batched = net(x, rates, beta=torch.tensor([1.0, 0.5, 0.0]))
+        for i, (r, b) in enumerate(((0.0, 1.0), (0.45, 0.5), (1.0, 0.0))):
+            single = net(x[i:i + 1], r, b)
+            assert torch.allclose(batched["x_hat"][i], single["x_hat"][0], atol=1e-4)
+    with pytest.raises(ValueError, match="rate"):
+        net(x, 1.5)
+
+
+# -- the codec -----------------------------------------------------------------------------------------
+def test_round_trip_equals_the_eval_forward(images):
+    codec = ICMCodec(weights="random", device="cpu")
+    for img in images[:1] + images[2:]:
+        for rate in (0.0, 0.25, 0.5, 0.77, 1.0):
+            bs = codec.to_bitstream(img, rate=rate)
+            assert bs.rate == {"rate": rate} and sorted(bs.streams) == ["hyper", "main"]
+            decoded = codec.from_bitstream(Bitstream.from_bytes(bs.to_bytes()))
+            assert decoded.shape == img.shape and decoded.dtype == np.uint8
+            assert np.abs(decoded.astype(int) - _eval_forward(codec, img, rate).astype(int)).max() <= 1
+
+
+def test_rate_control_is_continuous(images):
+    codec = ICMCodec(weights="random", device="cpu")
+    assert codec.rate_control.continuous and codec.default_rates()[0] == {"rate": 0.0}
+    assert codec.check_rate(rate=0.123456789) == {"rate": 0.123457}
+    for bad in (dict(rate=1.5), dict(quality=3), dict(rate=0.5, scale=0.5)):
+        with pytest.raises(UserError):
+            codec.check_rate(**bad)
+    assert codec.estimate_bits(images[0], {"rate": 0.5}) > 0
+
+
+def test_bpp_is_monotonic_in_rate_after_a_little_training(trained, images):
+    codec = ICMCodec(checkpoint=str(trained[0]), device="cpu")
+    for img in images:
+        bpp = [codec.to_bitstream(img, rate=r).bpp() for r in RATES]
+        assert all(a <= b for a, b in zip(bpp, bpp[1:])), bpp
+        assert bpp[-1] > 1.3 * bpp[0], bpp  # the knob spans a real range
+        # the estimate follows the real size
+        est = [codec.estimate_bits(img, {"rate": r}) / (img.shape[0] * img.shape[1]) for r in RATES]
+        assert all(a <= b for a, b in zip(est, est[1:])), est
+
+
+def test_aux_stream_task_only_decode_and_beta(trained, images):
+    full = {beta: ICMCodec(checkpoint=str(trained[1]), device="cpu", aux=True, beta=beta) for beta in (1.0, 0.5, 0.0)}
+    task = ICMCodec(checkpoint=str(trained[1]), device="cpu")  # aux=False: codes and reads main + hyper
+    assert len({c.weights_hash({}) for c in (*full.values(), task)}) == 1
+    gains = []
+    for img in images:
+        for rate in (0.3, 1.0):
+            bs = full[0.0].to_bitstream(img, rate=rate)
+            assert sorted(bs.streams) == ["aux", "hyper", "main"]
+            task_only = Bitstream.from_bytes(bs.to_bytes(["main", "hyper"]))
+            assert bs.bpp(["main", "hyper"]) == task_only.bpp() < bs.bpp()
+            assert task_only.streams == task.to_bitstream(img, rate=rate).streams  # same main/hyper bytes
+            x1 = task.from_bitstream(task_only)
+            # beta = 1 ignores aux; without aux every beta gives x_hat1
+            assert np.array_equal(full[1.0].from_bitstream(bs), x1)
+            assert np.array_equal(full[0.0].from_bitstream(task_only), x1)
+            assert np.array_equal(x1, _eval_forward(task, img, rate))
+            for beta, codec in full.items():  # container == eval forward for every beta
+                ref = _eval_forward(codec, img, rate, beta)
+                assert np.abs(codec.from_bitstream(bs).astype(int) - ref.astype(int)).max() <= 1
+            x2 = full[0.0].from_bitstream(bs)
+            assert not np.array_equal(x2, x1)
+            gains.append(_mse(x1, img) - _mse(x2, img))
+    assert np.mean(gains) > 0 and min(gains) > -1.0, gains  # beta = 0 reduces the MSE
+
+
+def test_unknown_stream_is_a_bitstream_error(images):
+    codec = ICMCodec(weights="random", device="cpu")
+    bs = codec.to_bitstream(images[0], rate=0.5)
+    bs.streams["extra"] = b"x"
+    with pytest.raises(BitstreamError, match="streams"):
+        codec.from_bitstream(bs)
+
+
+DECODE = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from icm.bitstream import Bitstream
+from icm.codecs.icm_codec import ICMCodec
+for path, checkpoint, beta in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3]):
+    codec = ICMCodec(checkpoint=checkpoint or None, weights="pretrained" if checkpoint else "random",
+                     device="cpu", beta=float(beta))
+    print(hashlib.sha256(codec.from_bitstream(Bitstream.load(path)).tobytes()).hexdigest())
+"""
+
+
+def test_decode_is_bit_identical_across_processes_and_thread_counts(trained, images, tmp_path):
+    img = np.ascontiguousarray(np.concatenate([images[0], images[1]], axis=1))  # 64x192
+    cases = [(ICMCodec(weights="random", device="cpu"), "", 1.0, 0.6),
+             (ICMCodec(checkpoint=str(trained[1]), device="cpu", aux=True, beta=0.0), str(trained[1]), 0.0, 0.8)]
+    args, here = [], []
+    for i, (codec, checkpoint, beta, rate) in enumerate(cases):
+        bs = codec.to_bitstream(img, rate=rate)
+        path = tmp_path / f"{i}.icm"
+        bs.save(path)
+        args += [str(path), checkpoint, str(beta)]
+        here.append(hashlib.sha256(codec.from_bitstream(bs).tobytes()).hexdigest())
+    for threads in (1, 2, 3):
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", DECODE, str(threads), *args],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == here, threads
+
+
+# -- training interface -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_reach_the_pixels_and_the_gains(mode, trained):
+    torch.manual_seed(0)
+    net = ICMNet.from_state_dict(torch.load(trained[1], weights_only=True))
+    getattr(net, mode)()
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    out = net(x, torch.tensor([0.2, 0.7]), beta=0.5)
+    assert set(out["likelihoods"]) == {"y", "z"} and set(out["aux_likelihoods"]) == {"aux"}
+    loss = ((out["x_hat"] - 0.5) ** 2).mean() + sum(-torch.log2(v).mean() for v in out["likelihoods"].values())
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for unit in (net.gain_y, net.gain_z, net.gain_aux):
+        for p in (unit.log_gain0, unit.log_steps, unit.log_inv_gain):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_codec_forward_and_training_stages(trained):
+    codec = ICMCodec(checkpoint=str(trained[1]), device="cpu")
+    x = torch.rand(1, 3, 64, 64)
+    out = codec.forward(x, 0.5)
+    assert torch.equal(out["x_hat"], out["x_hat_main"])  # beta = 1: x_bar is x_hat1
+    assert not torch.equal(codec.forward(x, 0.5, beta=0.0)["x_hat"], out["x_hat_main"])
+    assert "aux_likelihoods" not in out and "aux_likelihoods" not in codec.forward(x, 0.5, 0.0, aux=False)
+    forced = codec.forward(x, 0.5, aux=True)
+    assert set(forced["aux_likelihoods"]) == {"aux"} and torch.equal(forced["x_hat"], out["x_hat"])
+    net = ICMNet(**SMALL)
+    params = net.train_stage(2)
+    assert params and all(p.requires_grad for p in params)
+    assert not net.g_a.training and net.aux_r.training and not net.g_a[0].weight.requires_grad
+    assert net.train_stage(1) and net.g_a.training and not net.aux_r.up1.weight.requires_grad
+
+
+# -- weights ---------------------------------------------------------------------------------------------
+def test_wrong_checkpoints_are_user_errors(tmp_path, trained, images):
+    from compressai.zoo import bmshj2018_hyperprior
+
+    other = tmp_path / "other.pth"
+    torch.save(bmshj2018_hyperprior(quality=1).state_dict(), other)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    for path, message in ((other, "does not fit"), (junk, "cannot load"), (tmp_path / "missing.pth", "no such file")):
+        with pytest.raises(UserError, match=message):
+            ICMCodec(checkpoint=str(path), device="cpu").encode(images[0], rate=0.5)
+    no_aux = tmp_path / "no_aux.pth"
+    state = torch.load(trained[0], weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith(ICMNet.AUX_MODULES)}, no_aux)
+    ICMCodec(checkpoint=str(no_aux), device="cpu").encode(images[0], rate=0.5)
+    with pytest.raises(UserError, match="no aux branch"):
+        ICMCodec(checkpoint=str(no_aux), device="cpu", aux=True).encode(images[0], rate=0.5)
+    with pytest.raises(UserError):
+        ICMCodec(weights="random", checkpoint=str(no_aux))
+    # a file from other weights is refused by the container check
+    data = ICMCodec(checkpoint=str(trained[0]), device="cpu").encode(images[0], rate=0.5)
+    with pytest.raises(BitstreamError, match="weights mismatch"):
+        ICMCodec(weights="random", device="cpu").decode(data)
+
+
+def test_shipped_weights_path(tmp_path, monkeypatch, trained, images):
+    monkeypatch.setenv("ICM_CONFIGS", str(tmp_path))
+    codec = ICMCodec(device="cpu")
+    reason = codec.unavailable_reason()
+    assert reason and str(tmp_path / "codecs" / "icm-omni" / "model.pth") in reason and "--weights random" in reason
+    with pytest.raises(CodecUnavailable):
+        codec.encode(images[0], rate=0.5)
+    (tmp_path / "codecs" / "icm-omni").mkdir(parents=True)
+    (tmp_path / "codecs" / "icm-omni" / "model.pth").write_bytes(trained[1].read_bytes())
+    codec = ICMCodec(device="cpu")
+    assert codec.unavailable_reason() is None
+    assert codec.decode(codec.encode(images[0], rate=0.5)).shape == images[0].shape
