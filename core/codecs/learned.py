@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def to_tensor(image: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=torch.float32) / 255.0
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=torch.float32) / 255.0
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:
