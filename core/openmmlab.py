@@ -162,7 +162,9 @@ def normalise(x01: torch.Tensor, cfg) -> torch.Tensor:
         x = x.flip(1)
     mean = torch.tensor(dp.get("mean", MEAN), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(dp.get("std", STD), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    # contiguous NCHW: an NHWC-permuted batch stays channels_last through the arithmetic, and mmcv's
+    # CPU RoIAlign reads raw memory as NCHW (silently wrong boxes and masks otherwise)
+    return ((x - mean) / std).contiguous()
 
 
 class OpenMMLabAdapter:

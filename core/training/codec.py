@@ -83,7 +83,7 @@ def open_for_training(cfg: CodecConfig, device: torch.device) -> Trainable:
 
 
 # -- rates -----------------------------------------------------------------------------------------------
-def train_rates(cfg: CodecConfig) -> list[float] | None:
+def train_rates(cfg: CodecConfig) -> list[float]:
     return [float(r) for r in (cfg.rates or [0.1, 0.5, 0.9])]
 
 

@@ -23,7 +23,7 @@ from icm.tasks import Batch
 from icm.training import codec as C
 from icm.training.config import TrainConfig
 from icm.training.data import epoch_batches, load_batch, pad
-from icm.training.losses import Context, build_loss
+from icm.training.losses import Context, all_likelihoods, build_loss
 from icm.training.pareto import candidates, reevaluate, select_front
 from icm.training.plot import plot_history
 from icm.training.schedules import build_schedule
@@ -168,7 +168,7 @@ class Run:
             h, w = x.shape[-2:]
             rate = C.sample_rate(cfg.codec, self.trainable.continuous)
             out = self.model(pad(x, cfg.codec.pad_to), rate)
-            ctx = Context(x, out["x_hat"][..., :h, :w], out["likelihoods"], Batch(x, samples), self.adapters)
+            ctx = Context(x, out["x_hat"][..., :h, :w], all_likelihoods(out), Batch(x, samples), self.adapters)
             values = {t: self.losses[t](ctx) * cfg.losses[t].weight * (C.rate_lambda(cfg.codec, rate) if t == "rate" else 1.0)
                       for t in active}
             total = self.schedule.combine(values)

@@ -54,6 +54,12 @@ class Context:
         return self._cached(("objectness", task), make)
 
 
+def all_likelihoods(out: dict) -> dict[str, torch.Tensor]:
+    """Every coded latent's likelihoods: ``likelihoods`` (y, z) plus ``aux_likelihoods`` when a
+    scalable auxiliary stream ran (icm-omni at beta < 1)."""
+    return {**out["likelihoods"], **{f"aux.{k}": v for k, v in (out.get("aux_likelihoods") or {}).items()}}
+
+
 class Loss:
     kind = ""
     needs_task = True

@@ -13,6 +13,7 @@ from icm.evaluation.engine import gather, rate_key
 from icm.tasks import Batch
 from icm.training.codec import rate_value
 from icm.training.data import eval_batches, load_batch, pad
+from icm.training.losses import all_likelihoods
 
 
 def score(metrics: dict[str, dict], primaries: dict[str, str], psnr: float | None) -> float | None:
@@ -38,7 +39,7 @@ def validate(trainable, adapters: dict, images: list[dict], rates: list[dict], *
             h, w = x.shape[-2:]
             out = trainable(pad(x, pad_to), rate_value(rate))
             x_hat = out["x_hat"][..., :h, :w].clamp(0, 1).mul(255).round().div(255)
-            bits += float(sum(-torch.log2(v).sum() for v in out["likelihoods"].values()))
+            bits += float(sum(-torch.log2(v).sum() for v in all_likelihoods(out).values()))
             pixels += x.shape[0] * h * w
             mse = (x_hat - x.mul(255).round().div(255)).pow(2).mean(dim=(1, 2, 3))
             for s, m in zip(samples, mse.tolist()):
