@@ -205,8 +205,10 @@ def _add_plugin_commands() -> None:
 
 def _add_builtin_commands() -> None:
     from icm.evaluation.command import evaluate
+    from icm.training.command import train
 
     cli.add_command(evaluate)
+    cli.add_command(train)
 
 
 _add_builtin_commands()

@@ -33,5 +33,14 @@ def icm_register_datasets(register):
 
 
 @hookspec
+def icm_register_schedules(register):
+    """Register loss-weight schedules for ``icm train``: ``register(name, factory, description=...)``.
+
+    ``factory(terms, **options)`` returns an :class:`icm.training.schedules.Schedule`; ``terms`` are the
+    run's loss-term names and ``options`` the keys of the config's ``[schedule]`` table besides ``name``.
+    """
+
+
+@hookspec
 def icm_register_commands(cli):
     """Add click commands or groups to the ``icm`` command line: ``cli.add_command(...)``."""

@@ -20,7 +20,7 @@ from icm.errors import IcmError
 from icm.registry import Registry
 
 ENTRY_POINT_GROUP = "icm"
-BUILTIN_PLUGINS = ("icm.builtin.codecs", "icm.builtin.datasets")
+BUILTIN_PLUGINS = ("icm.builtin.codecs", "icm.builtin.datasets", "icm.training.builtin_schedules")
 
 
 class PluginError(IcmError):
@@ -56,6 +56,7 @@ class Plugins:
             "icm_register_codecs": Registry("codec"),
             "icm_register_tasks": Registry("task"),
             "icm_register_datasets": Registry("dataset"),
+            "icm_register_schedules": Registry("schedule"),
         }
         self._registered = False
 
@@ -71,6 +72,10 @@ class Plugins:
     @property
     def datasets(self) -> Registry:
         return self._registry("icm_register_datasets")
+
+    @property
+    def schedules(self) -> Registry:
+        return self._registry("icm_register_schedules")
 
     def _registry(self, hookname: str) -> Registry:
         if not self._registered:

@@ -442,6 +442,19 @@ def test_continuous_rate_codec_with_per_rate_lambda_and_uncertainty(toy, icm_reg
     assert summary["pareto"] and all(r["bpp"] > 0 for r in summary["pareto"])
 
 
+def test_icm_omni_trains_at_beta_below_1_and_its_candidates_reopen_by_name(toy, shapes, tmp_path):
+    cfg = parse_config({
+        "codec": {"name": "icm-omni", "options": {"weights": "random"}, "rates": [0.0, 1.0], "val_rates": [0.5],
+                  "beta": 0.5},
+        "tasks": ["colour"], "losses": {"rate": 0.01, "mse": 1.0, "cognition": 0.1},
+        "dataset": str(shapes), "epochs": 1, "batch_size": 4, "eval_batch_size": 4, "out": str(tmp_path / "omni")})
+    summary = train(cfg, progress=False)
+    losses = summary["history"][0]["losses"]
+    assert all(math.isfinite(v) for v in losses.values())
+    (row,) = summary["pareto"]
+    assert row["rate"] == {"rate": 0.5} and row["bpp"] > 0 and row["score_real"] is not None
+
+
 def test_shipped_training_configs_parse(icm_plugins):
     from icm.training.schedules import schedule_registry
 

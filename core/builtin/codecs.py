@@ -23,3 +23,5 @@ def icm_register_codecs(register):
     register("icm-omni", ICMCodec, kind="learned",
              description="icm's variable-rate ICM codec (rate 0..1, gain units; aux=True adds the aux stream); "
                          "weights in configs/codecs/icm-omni/model.pth, --checkpoint FILE or --weights random")
+    register("icm-omni-mse", partial(ICMCodec, name="icm-omni-mse"), kind="learned",
+             description="the icm-omni architecture trained for rate + MSE only (stage A), the ablation baseline")

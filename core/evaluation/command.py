@@ -8,7 +8,7 @@ from icm.errors import UserError
 from icm.evaluation.config import DEFAULT_ANCHORS, CodecSpec, Experiment, add_anchors, load_experiment, parse_rates, parse_task
 
 GRID = [1.0, 0.75, 0.5, 0.25]
-DEFAULT_CODECS = ("icm-hyperprior-mse",)  # the best shipped learned codec(s), used when their weights exist
+DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse")  # the shipped learned codecs, used when their weights exist
 
 
 @click.command()
