@@ -215,7 +215,22 @@ _add_builtin_commands()
 BUILTIN_COMMANDS = dict(cli.commands)
 
 
+def _quiet_libraries() -> None:
+    """OpenMMLab and friends warn about their own deprecations on every import; users cannot act on
+    those, so the CLI hides them (ICM_DEBUG=1 shows them)."""
+    import os
+    import warnings
+
+    if os.environ.get("ICM_DEBUG"):
+        return
+    for module in ("mmdet", "mmseg", "mmpose", "mmpretrain", "mmengine", "mmcv", "compressai", "torch", "pkg_resources"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
     try:
         _add_plugin_commands()
         cli.main(args=argv, prog_name="icm", standalone_mode=False)

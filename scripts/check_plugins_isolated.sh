@@ -16,6 +16,10 @@ if [ ! -x "$BASE/bin/python" ]; then
   "$ROOT/.venv/bin/python" -m pip freeze --exclude-editable | grep -viE '^(icm|icm-plugin-)' > "$BASE/requirements.txt"
   "$BASE/bin/python" -m pip install -q --no-deps -r "$BASE/requirements.txt" -f "$ICM_CACHE/wheels"
 fi
+# as in setup.sh: the xtcocotools wheel is built against numpy 1.x, so it is built from source
+if ! "$BASE/bin/python" -c "import xtcocotools._mask" 2>/dev/null; then
+  "$BASE/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary xtcocotools --no-build-isolation xtcocotools
+fi
 BASE_SITE=$("$BASE/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 status=0
 for plugin in plugins/*/; do
