@@ -191,3 +191,12 @@ class OpenMMLabAdapter:
     @property
     def model(self):
         return self._model
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised model input, zero-padded (after normalisation) to a multiple of 32 at the bottom/right."""
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        x = normalise(x.to(self.device), self.cfg)
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x

@@ -15,3 +15,15 @@ def shipped(relative: str) -> Path:
     if not path.exists():
         raise UserError(f"shipped file {relative} not found under {configs_dir()} (set ICM_CONFIGS to the repo's configs/)")
     return path
+
+
+def read_toml(path, what: str) -> dict:
+    """A TOML config as a dict; a missing or malformed file is a one-line UserError naming ``what``."""
+    import tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {path}: {exc}") from None

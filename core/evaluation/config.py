@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -76,13 +75,10 @@ def parse_rates(text: str) -> list[dict]:
 
 
 def load_experiment(path: str | Path) -> Experiment:
+    from icm.paths import read_toml
+
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"experiment config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"experiment config {path}: {exc}") from None
+    data = read_toml(path, "experiment config")
     known = {f.name for f in fields(Experiment)}
     unknown = set(data) - known - {"anchors", "anchor_scales"}
     if unknown:

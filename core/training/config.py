@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,11 +111,8 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
+    from icm.paths import read_toml
+
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"training config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"training config {path}: {exc}") from None
+    data = read_toml(path, "training config")
     return parse_config(data, f"training config {path}")

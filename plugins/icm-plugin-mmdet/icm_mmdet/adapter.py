@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
@@ -88,12 +87,6 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return lut[sem]
 
     # -- model stages ---------------------------------------------------------------------------------
-    def _inputs(self, x):
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 32, (-w) % 32
-        x = openmmlab.normalise(x.to(self.device), self.cfg)
-        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
     def features(self, x):
         return list(self._model.extract_feat(self._inputs(x)))
 

@@ -82,12 +82,6 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return out
 
     # -- model stages ---------------------------------------------------------------------------------
-    def _inputs(self, x):
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 32, (-w) % 32
-        x = openmmlab.normalise(x.to(self.device), self.cfg)
-        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
     def features(self, x):
         """The FPN neck outputs (strides 4, 8, 16, 32; 64 channels each)."""
         return list(self._model.extract_feat(self._inputs(x)))
