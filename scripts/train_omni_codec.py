@@ -51,6 +51,16 @@ def weighted_mse(pred, target, w=None):
     return (w * e).mean()
 
 
+def gt_box_weights(dataset, adapter, idx, hw, device, floor: float = 0.1):
+    """Paper 003's baseline: 1 inside ground-truth boxes, ``floor`` elsewhere, (N,1,H,W)."""
+    w = torch.full((len(idx), 1, *hw), floor, device=device)
+    for n, i in enumerate(idx):
+        for ann in adapter._coco.imgToAnns.get(dataset.images[i]["id"], []):
+            x0, y0, bw, bh = (int(round(v)) for v in ann["bbox"])
+            w[n, 0, y0:y0 + bh, x0:x0 + bw] = 1.0
+    return w
+
+
 def save(net, out: Path, log: dict):
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".model.pth.tmp"
@@ -73,6 +83,8 @@ def main():
     ap.add_argument("--task-weight", type=float, default=1.0, help="weight of each (relative) distillation term")
     ap.add_argument("--mse-weight-b", type=float, default=0.25, help="stage B keeps this share of lambda*MSE")
     ap.add_argument("--out", default=str(configs_dir() / "codecs" / "icm-omni"))
+    ap.add_argument("--det-weighting", choices=("objectness", "gtbox", "plain"), default="objectness",
+                    help="how det feature distillation weighs locations (paper 003 and its baselines)")
     ap.add_argument("--init", default=None, help="start from this model.pth (e.g. to run stage B only)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -140,7 +152,11 @@ def main():
         for t, a in adapters.items():
             with torch.no_grad():
                 target = a.features(x)
-                weights = a.objectness(x) if t == "det" else None
+                weights = None
+                if t == "det" and args.det_weighting == "objectness":
+                    weights = a.objectness(x)
+                elif t == "det" and args.det_weighting == "gtbox":
+                    weights = [gt_box_weights(train, a, idx, x.shape[-2:], x.device)] * len(target)
             pred = a.features(o["x_hat"].clamp(0, 1))
             d = sum(weighted_mse(p, q, None if weights is None else w)
                     for p, q, w in zip(pred, target, weights or [None] * len(pred))) / len(pred)
