@@ -25,3 +25,5 @@ def icm_register_codecs(register):
                          "weights in configs/codecs/icm-omni/model.pth, --checkpoint FILE or --weights random")
     register("icm-omni-mse", partial(ICMCodec, name="icm-omni-mse"), kind="learned",
              description="the icm-omni architecture trained for rate + MSE only (stage A), the ablation baseline")
+    register("icm-omni-aux", partial(ICMCodec, name="icm-omni-aux", aux=True), kind="learned",
+             description="icm-omni plus the trained auxiliary scalable stream (decode-time beta; RDC §3.3-3.4)")
