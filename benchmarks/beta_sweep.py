@@ -8,7 +8,6 @@ metrics per β, and the bpp with and without the aux stream (a task-only decode 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from icm.errors import UserError
 
@@ -62,5 +62,3 @@ class Registry:
     def __len__(self) -> int:
         return len(self._entries)
 
-
-Factory = Callable[..., Any]

@@ -29,7 +29,6 @@ from icm.datasets import load_dataset
 from icm.images import load_image
 from icm.paths import configs_dir
 from icm.plugins import get_plugins
-from icm.tasks import Batch
 
 
 def lambdas(rate: torch.Tensor, lo: float, hi: float) -> torch.Tensor:

@@ -65,6 +65,7 @@ def sample_images(exp: Experiment, result: dict, dataset) -> list[tuple[str, str
     out = []
     chosen = dataset.images[: exp.samples_in_report]
     options = {c.name: c.options for c in exp.codecs}
+    codecs = {}  # one codec object per name: learned codecs load their weights once, not per sample
     for s in chosen:
         img = load_image(s["file_name"])
         out.append((f"{s['id']}-original", f"#{s['id']} original", png_bytes(img)))
@@ -77,7 +78,9 @@ def sample_images(exp: Experiment, result: dict, dataset) -> list[tuple[str, str
                 continue
             try:
                 bs = Bitstream.load(f)
-                decoded = open_codec(p["codec"], **options.get(p["codec"], {})).from_bitstream(bs)
+                if p["codec"] not in codecs:
+                    codecs[p["codec"]] = open_codec(p["codec"], **options.get(p["codec"], {}))
+                decoded = codecs[p["codec"]].from_bitstream(bs)
             except IcmError:
                 continue
             out.append((f"{s['id']}-{p['codec']}-{p['rate_key']}",
