@@ -73,7 +73,9 @@ def _fake_dist(root: Path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-task\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[icm]\ntoy = toy_task\n")
-    return {"PYTHONPATH": str(root), "ICM_LOAD_PLUGINS": "toy"}
+    # one torch thread everywhere (torchrun's default per rank): a float convolution may sum in
+    # another order with another thread count, and these tests compare metrics exactly
+    return {"PYTHONPATH": str(root), "ICM_LOAD_PLUGINS": "toy", "OMP_NUM_THREADS": "1"}
 
 
 def test_cli_bad_input_is_one_line(tiny_shapes, tmp_path):
