@@ -29,6 +29,7 @@ from icm.datasets import load_dataset
 from icm.images import load_image
 from icm.paths import configs_dir
 from icm.plugins import get_plugins
+from icm.tasks import Batch
 
 
 def lambdas(rate: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -84,6 +85,9 @@ def main():
     ap.add_argument("--out", default=str(configs_dir() / "codecs" / "icm-omni"))
     ap.add_argument("--det-weighting", choices=("objectness", "gtbox", "plain"), default="objectness",
                     help="how det feature distillation weighs locations (paper 003 and its baselines)")
+    ap.add_argument("--task-loss-weight", type=float, default=0.0,
+                    help="add each adapter's own task loss against ground truth (adapter.loss), divided by its "
+                         "running mean so tasks weigh alike; 0 = distillation only")
     ap.add_argument("--init", default=None, help="start from this model.pth (e.g. to run stage B only)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -136,6 +140,7 @@ def main():
     adapters = {t: get_plugins().tasks.get(t)().bind(train) for t in tasks}
     opt, aux_opt = optimisers(args.lr / 5)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, args.stage_b_steps))
+    running = {}  # running mean of each task loss: the normaliser (by hand: a two-line EMA)
     start = time.time()
     bar = tqdm(range(args.stage_b_steps), desc=f"stage B (rate + distillation: {', '.join(tasks)})")
     for step in bar:
@@ -160,8 +165,12 @@ def main():
             d = sum(weighted_mse(p, q, None if weights is None else w)
                     for p, q, w in zip(pred, target, weights or [None] * len(pred))) / len(pred)
             terms[t] = d.item()
-            # scale the machine term like the MSE term: more weight at high rates
-            loss = loss + args.task_weight * (lam / lam.mean()).mean() * d
+            loss = loss + args.task_weight * d
+            if args.task_loss_weight > 0:
+                task_loss = a.loss(o["x_hat"].clamp(0, 1), Batch(o["x_hat"], [train.images[i] for i in idx]))
+                running[t] = 0.98 * running.get(t, task_loss.item()) + 0.02 * task_loss.item()
+                terms[f"{t}_loss"] = task_loss.item()
+                loss = loss + args.task_loss_weight * task_loss / max(running[t], 1e-6)
         opt.zero_grad(); aux_opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
