@@ -8,6 +8,10 @@ Fixtures:
 - ``icm_cli(*args)``: run the ``icm`` command line in-process against that set; returns a result with
   ``exit_code``, ``stdout`` and ``stderr``.
 - ``icm_image``: a small deterministic natural-looking RGB test image (HxWx3 uint8).
+- ``icm_shapes_val``: the built-in ``shapes`` benchmark's val split (generated on first use, 8 s),
+  session-scoped, with ``.images`` (records) and ``.pixels(n)`` (the first n images, NxHxWx3 uint8).
+- ``icm_batch(images, records)``: uint8 images (NxHxWx3 array or list) and their records ->
+  :class:`icm.tasks.Batch` in the adapter convention (float NCHW in [0, 1]); also ``icm.testing.batch_of``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,44 @@ def icm_cli(icm_plugins, capsys):
         return CliResult(code, out.out, out.err)
 
     return run
+
+
+def batch_of(images, records):
+    """uint8 HxWx3 images + dataset records -> a Batch of float (N,3,H,W) pixels in [0, 1]."""
+    import torch
+
+    from icm.tasks import Batch
+
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2).float().div(255)
+    return Batch(x, list(records))
+
+
+@pytest.fixture
+def icm_batch():
+    return batch_of
+
+
+class ShapesVal:
+    """The shapes val split plus its pixels, loaded once per session."""
+
+    def __init__(self):
+        from icm.datasets import load_dataset
+
+        self.dataset = load_dataset("shapes", "val")
+        self.images = self.dataset.images
+        self._pixels = {}
+
+    def pixels(self, n: int) -> np.ndarray:
+        from icm.images import load_image
+
+        for r in self.images[len(self._pixels):n]:
+            self._pixels[len(self._pixels)] = load_image(r["file_name"])
+        return np.stack([self._pixels[i] for i in range(n)])
+
+
+@pytest.fixture(scope="session")
+def icm_shapes_val():
+    return ShapesVal()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from icm import hookimpl
@@ -127,3 +128,13 @@ def test_plugin_commands_hook_adds_a_subcommand(tmp_path):
     """)
     proc = run_icm("hello", env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0 and proc.stdout.strip() == "hello from a plugin"
+
+
+def test_adapter_fixtures_give_shapes_val_and_batches(icm_shapes_val, icm_batch):
+    pixels = icm_shapes_val.pixels(3)
+    assert pixels.shape == (3, 128, 128, 3) and pixels.dtype == np.uint8
+    assert np.array_equal(icm_shapes_val.pixels(2), pixels[:2])  # cached, same order
+    batch = icm_batch(pixels, icm_shapes_val.images[:3])
+    assert batch.images.shape == (3, 3, 128, 128) and len(batch) == 3
+    assert float(batch.images.max()) <= 1.0 and np.allclose(batch.images[1, 0].numpy() * 255, pixels[1, ..., 0])
+    assert batch.samples[2]["id"] == icm_shapes_val.images[2]["id"]

@@ -5,18 +5,16 @@ import pytest
 import torch
 
 from icm.codecs import open_codec
-from icm.datasets import load_dataset
-from icm.images import load_image
 from icm.plugins import get_plugins
-from icm.tasks import Batch
+from icm.testing import batch_of
 
 N = 24
 TARGETS = {"det": 0.6, "inst": 0.5, "panoptic": 0.5}
 
 
 @pytest.fixture(scope="module")
-def val():
-    return load_dataset("shapes", "val")
+def val(icm_shapes_val):
+    return icm_shapes_val.dataset
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +24,8 @@ def adapters(val):
 
 
 @pytest.fixture(scope="module")
-def pixels(val):
-    return np.stack([load_image(r["file_name"]) for r in val.images[:N]])
-
-
-def batch_of(images_u8, records):
-    return Batch(torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float().div(255), list(records))
+def pixels(icm_shapes_val):
+    return icm_shapes_val.pixels(N)
 
 
 def score(adapter, images_u8, records, pseudo=None):

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from icm.datasets import Dataset, load_dataset
-from icm.images import load_image
+from icm.datasets import Dataset
 from icm.plugins import get_plugins
 from icm.tasks import Batch
+from icm.testing import batch_of
 
 N_IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def val():
-    return load_dataset("shapes", "val")
+def val(icm_shapes_val):
+    return icm_shapes_val.dataset
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,8 @@ def adapter(val):
 
 
 @pytest.fixture(scope="module")
-def images(val):
-    return torch.stack([torch.from_numpy(load_image(r["file_name"])).permute(2, 0, 1)
-                        for r in val.images[:N_IMAGES]]).float().div(255)
+def images(icm_shapes_val):
+    return batch_of(icm_shapes_val.pixels(N_IMAGES), icm_shapes_val.images[:N_IMAGES]).images
 
 
 def _evaluate(adapter, images, records, pseudo=None, batch_size=12):

@@ -4,30 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from icm.datasets import load_dataset
-from icm.images import load_image
 from icm.plugins import get_plugins
 from icm.tasks import Batch
+from icm.testing import batch_of as to_batch
 
 N = 48
 
 
 @pytest.fixture(scope="module")
-def val():
-    dataset = load_dataset("shapes", "val")
-    records = dataset.images[:N]
-    images = np.stack([load_image(r["file_name"]) for r in records])
-    return dataset, records, images
+def val(icm_shapes_val):
+    return icm_shapes_val.dataset, icm_shapes_val.images[:N], icm_shapes_val.pixels(N)
 
 
 @pytest.fixture(scope="module")
 def adapter(val):
     torch.set_num_threads(1)
     return get_plugins().tasks.get("cls")(device="cpu").bind(val[0])
-
-
-def to_batch(images, records):
-    return Batch(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255), list(records))
 
 
 def score(adapter, images, records, pseudo=None):

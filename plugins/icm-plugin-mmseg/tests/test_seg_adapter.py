@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from icm.datasets import load_dataset
 from icm.errors import UserError
-from icm.images import load_image
 from icm.plugins import get_plugins
 from icm.tasks import Batch
+from icm.testing import batch_of
 
 N = 16
 
 
 @pytest.fixture(scope="module")
-def val():
-    return load_dataset("shapes", "val")
+def val(icm_shapes_val):
+    return icm_shapes_val.dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +27,8 @@ def adapter(val):
 
 
 @pytest.fixture(scope="module")
-def pixels(val):
-    return np.stack([load_image(r["file_name"]) for r in val.images[:N]])
-
-
-def batch_of(images_u8, records):
-    x = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float().div(255)
-    return Batch(x, list(records))
+def pixels(icm_shapes_val):
+    return icm_shapes_val.pixels(N)
 
 
 def score(adapter, images_u8, records, pseudo=None):
