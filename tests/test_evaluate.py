@@ -46,6 +46,29 @@ def test_encode_once_for_all_tasks_and_reuse_on_a_new_task(toy, tiny_shapes, tmp
     assert point["bpp"] == pytest.approx(sum(f.stat().st_size for f in files) * 8 / 64 / 64 / len(files))
 
 
+def test_entropy_estimate_is_cached_with_the_bitstream(toy, tiny_shapes, tmp_path, monkeypatch):
+    from icm.codecs.icm_codec import ICMCodec
+
+    exp = lambda: Experiment(tasks=[TaskSpec("colour")], dataset=str(tiny_shapes), out=str(tmp_path),  # noqa: E731
+                             codecs=[CodecSpec("icm-omni", rates=[{"rate": 0.5}], options={"weights": "random"}),
+                                     CodecSpec("jpeg", rates=JPEG_RATES, anchor=True)])
+    evaluate(exp(), progress=False)
+    est = lambda: [p["est_bpp"] for p in json.loads((tmp_path / "results.json").read_text())["points"]  # noqa: E731
+                   if p["codec"] == "icm-omni"]
+    first = est()
+    calls = []
+    real = ICMCodec.estimate_bits
+    monkeypatch.setattr(ICMCodec, "estimate_bits", lambda self, *a: calls.append(1) or real(self, *a))
+    again = evaluate(exp(), progress=False)
+    assert calls == [] and again["counters"]["encodes"] == 0
+    assert est() == first and first[0] > 0
+    # a damaged sidecar is recomputed, not trusted
+    sidecar = next((tmp_path / "cache" / "bitstreams" / "icm-omni").rglob("*.est.json"))
+    sidecar.write_text("{")
+    evaluate(exp(), progress=False)
+    assert len(calls) == 1 and json.loads(sidecar.read_text())["bits"] > 0
+
+
 def test_outputs_are_complete_and_the_report_is_self_contained(toy, tiny_shapes, tmp_path):
     evaluate(experiment(tiny_shapes, tmp_path), progress=False)
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()

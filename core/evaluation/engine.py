@@ -175,9 +175,23 @@ class Engine:
         self.counters.decodes += 1
         rec["bytes"] = path.stat().st_size
         rec["bpp"] = rec["bytes"] * 8 / bs.pixels
-        est = codec.estimate_bits(image, point.rate) if hasattr(codec, "estimate_bits") else None
+        est = self._estimate_bits(codec, point, image, path, bs) if hasattr(codec, "estimate_bits") else None
         rec["est_bpp"] = None if est is None else est / bs.pixels
         return decoded, rec
+
+    def _estimate_bits(self, codec: Codec, point: Point, image: np.ndarray, path: Path, bs: Bitstream) -> float:
+        """The entropy model's estimate, kept next to the cached bitstream (it costs a codec forward)."""
+        sidecar = path.with_name(path.stem + ".est.json")
+        tag = bs.weights_hash.hex() + "/" + bs.codec_version
+        try:
+            saved = json.loads(sidecar.read_text())
+            if saved["of"] == tag:
+                return float(saved["bits"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        bits = float(codec.estimate_bits(image, point.rate))
+        atomic_write_bytes(sidecar, json.dumps({"of": tag, "bits": bits}).encode())
+        return bits
 
     def _predict(self, adapter: TaskAdapter, mkey: str, point: Point, items: list[tuple[dict, np.ndarray, str]]):
         """Predictions for decoded images, from the cache where present."""
