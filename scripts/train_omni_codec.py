@@ -88,6 +88,8 @@ def main():
     ap.add_argument("--task-loss-weight", type=float, default=0.0,
                     help="add each adapter's own task loss against ground truth (adapter.loss), divided by its "
                          "running mean so tasks weigh alike; 0 = distillation only")
+    ap.add_argument("--rate-power", type=float, default=1.0,
+                    help="stage B samples the rate as u**p, u uniform: p > 1 spends more steps on low rates")
     ap.add_argument("--init", default=None, help="start from this model.pth (e.g. to run stage B only)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -146,7 +148,7 @@ def main():
     for step in bar:
         idx = torch.randint(0, len(x_all), (args.batch_size,)).tolist()
         x = x_all[idx].to(device)
-        rate = torch.rand(args.batch_size, device=device)
+        rate = torch.rand(args.batch_size, device=device) ** args.rate_power
         o = net(x, rate)
         bpp = bits_per_pixel(o, x.shape[-1] * x.shape[-2])
         lam = lambdas(rate, args.lambda_min, args.lambda_max)
