@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--lambda-max", type=float, default=0.026)
     ap.add_argument("--tasks", default="det,seg,pose")
     ap.add_argument("--task-weight", type=float, default=1.0, help="weight of each (relative) distillation term")
+    ap.add_argument("--task-scale", action="append", default=[], metavar="TASK=W",
+                    help="multiply one task's distillation and task-loss terms by W (repeatable), e.g. seg=2")
     ap.add_argument("--mse-weight-b", type=float, default=0.25, help="stage B keeps this share of lambda*MSE")
     ap.add_argument("--out", default=str(configs_dir() / "codecs" / "icm-omni"))
     ap.add_argument("--det-weighting", choices=("objectness", "gtbox", "plain"), default="objectness",
@@ -139,6 +141,12 @@ def main():
     if args.stage_b_steps <= 0:
         return
     tasks = [t for t in args.tasks.split(",") if t]
+    scale = {t: 1.0 for t in tasks}
+    for item in args.task_scale:
+        name, _, value = item.partition("=")
+        if name not in scale:
+            ap.error(f"--task-scale {item}: {name!r} is not one of --tasks")
+        scale[name] = float(value)
     adapters = {t: get_plugins().tasks.get(t)().bind(train) for t in tasks}
     opt, aux_opt = optimisers(args.lr / 5)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, args.stage_b_steps))
@@ -167,16 +175,20 @@ def main():
             d = sum(weighted_mse(p, q, None if weights is None else w)
                     for p, q, w in zip(pred, target, weights or [None] * len(pred))) / len(pred)
             terms[t] = d.item()
-            loss = loss + args.task_weight * d
+            loss = loss + scale[t] * args.task_weight * d
             if args.task_loss_weight > 0:
                 task_loss = a.loss(o["x_hat"].clamp(0, 1), Batch(o["x_hat"], [train.images[i] for i in idx]))
                 running[t] = 0.98 * running.get(t, task_loss.item()) + 0.02 * task_loss.item()
                 terms[f"{t}_loss"] = task_loss.item()
-                loss = loss + args.task_loss_weight * task_loss / max(running[t], 1e-6)
+                loss = loss + scale[t] * args.task_loss_weight * task_loss / max(running[t], 1e-6)
         opt.zero_grad(); aux_opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step(); sched.step()
+        # a single non-finite batch (seen once in ~900 steps) would poison every weight: skip it
+        if torch.isfinite(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)):
+            opt.step()
+        else:
+            log["skipped_steps"] = log.get("skipped_steps", 0) + 1
+        sched.step()
         net.aux_loss().backward(); aux_opt.step()
         if step % 25 == 0:
             entry = {"step": step, "bpp": bpp.mean().item(), "psnr": -10 * math.log10(max(mse.mean().item(), 1e-10)), **terms}
