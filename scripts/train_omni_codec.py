@@ -5,9 +5,10 @@ interpolated log-linearly over [--lambda-min, --lambda-max] as the per-sample ra
 (RDC §3.2's training of gain units), on random crops.
 Stage B (machines): fine-tune the same net on full images against the frozen task models at once:
 objectness-weighted distillation of the detector's FPN features (paper 003), feature distillation for
-seg and pose, plus rate and a small MSE term, again at random rates. One bitstream then serves them all.
-
-    .venv/bin/python scripts/train_omni_codec.py --stage-a-steps 6000 --stage-b-steps 800
+seg and pose, plus rate and a small MSE term, again at random rates; optionally (--task-loss-weight)
+the task models' own losses against ground truth, and more stage-B steps at low rates (--rate-power).
+One bitstream then serves them all. The shipped weights come from a chain of runs, each starting from
+the last (--init): scripts/reproduce_icm_omni.sh.
 
 Writes configs/codecs/icm-omni/model.pth (fp16) and train_log.json next to it.
 """
@@ -92,6 +93,8 @@ def main():
                          "running mean so tasks weigh alike; 0 = distillation only")
     ap.add_argument("--rate-power", type=float, default=1.0,
                     help="stage B samples the rate as u**p, u uniform: p > 1 spends more steps on low rates")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="end stage B after this many steps (the learning-rate schedule still spans --stage-b-steps)")
     ap.add_argument("--init", default=None, help="start from this model.pth (e.g. to run stage B only)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -103,6 +106,9 @@ def main():
         state = torch.load(args.init, map_location="cpu", weights_only=True)
         net = ICMNet.from_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}).to(device)
     log = {"args": vars(args), "stage_a": [], "stage_b": []}
+    if args.init:  # keep the whole recipe: the log of the run that made the starting weights
+        previous = Path(args.init).with_name("train_log.json")
+        log["init_log"] = json.loads(previous.read_text()) if previous.is_file() else None
     out = Path(args.out)
 
     def optimisers(params_lr):
@@ -154,6 +160,8 @@ def main():
     start = time.time()
     bar = tqdm(range(args.stage_b_steps), desc=f"stage B (rate + distillation: {', '.join(tasks)})")
     for step in bar:
+        if args.stop_after is not None and step >= args.stop_after:
+            break
         idx = torch.randint(0, len(x_all), (args.batch_size,)).tolist()
         x = x_all[idx].to(device)
         rate = torch.rand(args.batch_size, device=device) ** args.rate_power
