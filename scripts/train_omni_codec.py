@@ -93,6 +93,9 @@ def main():
                          "running mean so tasks weigh alike; 0 = distillation only")
     ap.add_argument("--rate-power", type=float, default=1.0,
                     help="stage B samples the rate as u**p, u uniform: p > 1 spends more steps on low rates")
+    ap.add_argument("--rate-weight", type=float, default=1.0, help="stage B weight of the rate term")
+    ap.add_argument("--low-rate-weight", type=float, default=1.0,
+                    help="stage B weighs the rate term by W**(1 - alpha): W > 1 widens the rate range downwards")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="end stage B after this many steps (the learning-rate schedule still spans --stage-b-steps)")
     ap.add_argument("--init", default=None, help="start from this model.pth (e.g. to run stage B only)")
@@ -169,7 +172,8 @@ def main():
         bpp = bits_per_pixel(o, x.shape[-1] * x.shape[-2])
         lam = lambdas(rate, args.lambda_min, args.lambda_max)
         mse = ((o["x_hat"] - x) ** 2).flatten(1).mean(1)
-        loss = (bpp + args.mse_weight_b * lam * 255**2 * mse).mean()
+        # the rate term weighs W**(1 - alpha): W > 1 pulls the low rates down, leaves alpha = 1 as it is
+        loss = (args.rate_weight * args.low_rate_weight ** (1 - rate) * bpp + args.mse_weight_b * lam * 255**2 * mse).mean()
         terms = {}
         for t, a in adapters.items():
             with torch.no_grad():
