@@ -5,6 +5,7 @@ instance predictions stay available next to the panoptic fusion."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from functools import cached_property
 from pathlib import Path
@@ -160,6 +161,8 @@ class CocoEvaluator(Evaluator):
             ann_file = self._pseudo_json(adapter, pseudo_ground_truth, pseudo_score_thr)
         with openmmlab.quiet():
             self.metric = CocoMetric(ann_file=str(ann_file), metric=[adapter.iou_type], format_only=False)
+        if pseudo_ground_truth is not None:  # CocoMetric has read it; do not leave it in /tmp
+            shutil.rmtree(ann_file.parent, ignore_errors=True)
         self.metric.dataset_meta = {"classes": tuple(adapter.classes)}
         self.ids: list[int] = []
 

@@ -1,5 +1,8 @@
 """det / inst / panoptic adapters on the shapes benchmark with the shipped PanopticFPN weights."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,8 +57,10 @@ def test_shipped_model_reaches_target_and_jpeg_hurts(task, adapters, val, pixels
     assert score(a, degraded, records)[0][a.primary_metric] < clean[a.primary_metric]
     # label-free: predictions scored against themselves are perfect
     pseudo = {r["id"]: p for r, p in zip(records, preds)}
+    before = set(Path(tempfile.gettempdir()).glob("icm-pseudo-*"))
     self_score, _ = score(a, pixels, records, pseudo=pseudo)
     assert self_score[a.primary_metric] == pytest.approx(1.0, abs=1e-6)
+    assert set(Path(tempfile.gettempdir()).glob("icm-pseudo-*")) <= before  # the pseudo-GT JSON is not left behind
 
 
 def test_loss_reaches_the_pixels_features_and_rpn_objectness(adapters, val, pixels):

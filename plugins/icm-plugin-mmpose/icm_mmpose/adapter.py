@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +314,8 @@ class KeypointEvaluator(Evaluator):
         self.sigmas = np.asarray(meta["sigmas"], np.float64)
         if pseudo_ground_truth is not None:
             self.ann_file = self._pseudo_json(adapter, pseudo_ground_truth)
+            # read lazily by compute(); removed with the evaluator, not left in /tmp
+            weakref.finalize(self, shutil.rmtree, self.ann_file.parent, True)
         else:
             self.ann_file = adapter._keypoints_json()
             if self.ann_file is None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -85,8 +89,11 @@ def test_predictions_and_shipped_model_ap(clean, val):
 
 def test_pseudo_ground_truth_of_itself_scores_one(adapter, images, val, clean):
     _, preds = clean
+    before = set(Path(tempfile.gettempdir()).glob("icm-pseudo-*"))
     metrics, _ = _evaluate(adapter, images, val.images[:N_IMAGES], pseudo=preds)
     assert metrics["AP"] == pytest.approx(1.0)
+    gc.collect()
+    assert set(Path(tempfile.gettempdir()).glob("icm-pseudo-*")) <= before  # the pseudo-GT JSON went with the evaluator
     adapter.bind(val)  # drop the pseudo boxes again
 
 
