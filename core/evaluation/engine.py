@@ -12,6 +12,7 @@ gathered to rank 0 with torch.distributed, which computes the metrics.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -82,6 +83,9 @@ def dist_setup() -> tuple[int, int]:
         if torch.cuda.is_available():  # one GPU per rank, as torchrun expects
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # a rank that leaves with the group alive can abort in gloo's thread teardown ("terminate called
+        # without an active exception", SIGABRT), and torchrun then kills the other ranks
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
