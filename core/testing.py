@@ -88,14 +88,13 @@ class ShapesVal:
 
         self.dataset = load_dataset("shapes", "val")
         self.images = self.dataset.images
-        self._pixels = {}
+        self._pixels: list[np.ndarray] = []  # the first len() images, read once
 
     def pixels(self, n: int) -> np.ndarray:
         from icm.images import load_image
 
-        for r in self.images[len(self._pixels):n]:
-            self._pixels[len(self._pixels)] = load_image(r["file_name"])
-        return np.stack([self._pixels[i] for i in range(n)])
+        self._pixels += [load_image(r["file_name"]) for r in self.images[len(self._pixels):n]]
+        return np.stack(self._pixels[:n])
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     state = torch.load(args.init, map_location="cpu", weights_only=True)
-    primary = ICMNet.from_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    primary = ICMNet.from_state_dict(state)  # fp16 tensors are cast to the float32 parameters on load
     net = ICMNet(**{k: v for k, v in primary.config.items() if k != "aux"}, aux=True)
     missing, unexpected = net.load_state_dict(primary.state_dict(), strict=False)
     assert not unexpected and all(k.split(".")[0] in ICMNet.AUX_MODULES for k in missing), (missing, unexpected)

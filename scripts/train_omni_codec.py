@@ -107,7 +107,7 @@ def main():
     net = ICMNet(aux=False).to(device)
     if args.init:
         state = torch.load(args.init, map_location="cpu", weights_only=True)
-        net = ICMNet.from_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}).to(device)
+        net = ICMNet.from_state_dict(state).to(device)  # fp16 tensors are cast to the float32 parameters on load
     log = {"args": vars(args), "stage_a": [], "stage_b": []}
     if args.init:  # keep the whole recipe: the log of the run that made the starting weights
         previous = Path(args.init).with_name("train_log.json")

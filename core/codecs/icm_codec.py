@@ -174,6 +174,8 @@ class ICMNet(CompressionModel):
             raise ValueError(str(exc).splitlines()[0]) from None
         return net
 
+    AUX_MODULES = ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r")
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``primary`` (encoder, decoder, hyperprior, y/z gains), ``aux_branch`` (scalable transform,
         its gains, residual network) and ``quantiles`` (the entropy bottlenecks' quantiles, for
@@ -182,12 +184,9 @@ class ICMNet(CompressionModel):
         groups: dict[str, list] = {"primary": [], "aux_branch": [], "quantiles": []}
         for name, p in self.named_parameters():
             key = "quantiles" if name.endswith(".quantiles") else \
-                "aux_branch" if name.split(".")[0] in ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r") \
-                else "primary"
+                "aux_branch" if name.split(".")[0] in self.AUX_MODULES else "primary"
             groups[key].append(p)
         return groups
-
-    AUX_MODULES = ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r")
 
     def train_stage(self, stage: int) -> list[nn.Parameter]:
         """Set modes and ``requires_grad`` for RDC's two training stages; returns what to optimise.
