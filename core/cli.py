@@ -13,7 +13,48 @@ from icm.errors import IcmError, UserError
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@click.group(context_settings=CONTEXT)
+class IcmGroup(click.Group):
+    """The ``icm`` group. Commands from plugins (``icm_register_commands``) are added on first lookup of
+    a name icm does not have, or when the commands are listed: ``icm --version`` and the built-in
+    commands never wait for (or fail on) another plugin's commands."""
+
+    _loaded_for = None  # the plugin set whose commands are in the group (tests swap plugin sets)
+    _added: list[str] = []
+
+    def list_commands(self, ctx):
+        self.load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and self._loaded_for is not _plugins():
+            self.load_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+    def load_plugin_commands(self) -> None:
+        p = _plugins()
+        if self._loaded_for is p:
+            return
+        for name in self._added:  # commands of a previous plugin set
+            self.commands.pop(name, None)
+        self._loaded_for, self._added = p, []
+        for impl in p.pm.hook.icm_register_commands.get_hookimpls():
+            collected = click.Group()  # a plugin may add commands, never replace existing ones
+            try:
+                impl.function(cli=collected)
+                taken = sorted(set(collected.commands) & set(self.commands))
+                if taken:
+                    raise ValueError(f"tried to replace existing command(s) {', '.join(taken)}")
+            except Exception as exc:
+                p._fail(impl.plugin_name, "icm_register_commands", exc)
+                continue
+            for name, command in collected.commands.items():
+                self.add_command(command, name)
+                self._added.append(name)
+
+
+@click.group(cls=IcmGroup, context_settings=CONTEXT)
 @click.version_option(package_name="icm", prog_name="icm")
 def cli():
     """Image coding for machines: encode once, evaluate every vision task on the same bitstream."""
@@ -59,19 +100,10 @@ def with_codec_options(f):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def codecs(as_json):
-    """List registered codecs, their rate control and whether they can run here."""
-    from icm.codecs import open_codec
+    """List registered codecs, their rate control and whether they can run here (no model is loaded)."""
+    from icm.codecs import describe_codec
 
-    plugins = _plugins()
-    rows = []
-    for entry in plugins.codecs.entries():
-        try:
-            info = open_codec(entry.name).info()
-        except Exception as exc:  # a plugin's broken codec is listed as unavailable, not fatal
-            info = {"name": entry.name, "available": False, "unavailable_reason": str(exc),
-                    "kind": entry.meta.get("kind", "?"), "rate_control": "", "description": entry.meta.get("description", "")}
-        info["plugin"] = entry.plugin
-        rows.append(info)
+    rows = [describe_codec(entry) for entry in _plugins().codecs.entries()]
     if as_json:
         return _emit_json(rows)
     _table("codecs", ["name", "kind", "rate control", "available", "plugin", "description"],
@@ -84,7 +116,7 @@ def codecs(as_json):
 def plugins(as_json):
     """List installed plugins: name, version, hooks and what each registered."""
     p = _plugins()
-    p.codecs  # run the register hooks so "registered" is filled in
+    p.run_all_register_hooks()  # so "registered" is filled in
     data = {
         "plugins": [{"name": i.name, "version": i.version, "builtin": i.builtin, "hooks": i.hooks,
                      "registered": i.registered} for i in p.info.values()],
@@ -109,13 +141,18 @@ def tasks(as_json):
     if as_json:
         return _emit_json(rows)
     if not rows:
-        click.echo("no tasks registered; install a task plugin, e.g. pip install plugins/icm-plugin-mmdet")
+        click.echo("no tasks registered; install a task plugin, e.g. pip install icm-plugin-mmdet")
         return
     _table("tasks", ["name", "metrics", "plugin", "description"],
            [[r["name"], ", ".join(r["metrics"]), r["plugin"], r["description"]] for r in rows])
 
 
 # -- coding ---------------------------------------------------------------------------------------------
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None,
+    help="Refuse images larger than this many pixels (default: $ICM_MAX_PIXELS, else 89478485, Pillow's limit).")
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--codec", "codec_name", required=True, help="Registered codec name (see `icm codecs`).")
@@ -123,8 +160,9 @@ def tasks(as_json):
 @click.option("--rate", type=float, default=None, help="Continuous rate in [0,1], for codecs that have one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Resolution knob: 1, 0.75, 0.5 or 0.25.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@max_pixels_option
 @with_codec_options
-def encode(images, codec_name, quality, rate, scale, out_dir, checkpoint, weights, device):
+def encode(images, codec_name, quality, rate, scale, out_dir, max_pixels, checkpoint, weights, device):
     """Encode IMAGE... into OUT/<name>.icm, one self-describing bitstream per image."""
     from icm.codecs import open_codec
     from icm.images import load_image
@@ -140,7 +178,7 @@ def encode(images, codec_name, quality, rate, scale, out_dir, checkpoint, weight
     failed = 0
     for path in images:
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=max_pixels)
             bs = codec.to_bitstream(image, **rate_args)
             target = Path(out_dir) / (Path(path).stem + ".icm")
             size = bs.save(target)
@@ -158,13 +196,14 @@ def encode(images, codec_name, quality, rate, scale, out_dir, checkpoint, weight
 @cli.command()
 @click.argument("file", type=click.Path())
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output image (.png).")
+@max_pixels_option
 @with_codec_options
-def decode(file, out_path, checkpoint, weights, device):
+def decode(file, out_path, max_pixels, checkpoint, weights, device):
     """Decode FILE.icm with the codec named in its header."""
     from icm.codecs import decode_file
     from icm.images import save_image
 
-    image, bs = decode_file(file, checkpoint=checkpoint, weights=weights, device=device)
+    image, bs = decode_file(file, max_pixels=max_pixels, checkpoint=checkpoint, weights=weights, device=device)
     save_image(image, out_path)
     click.echo(f"{out_path}  {bs.width}x{bs.height}  from {bs.codec} {bs.rate}")
 
@@ -188,21 +227,6 @@ def info(file, as_json):
         click.echo(f"{k:>13}: {v}")
 
 
-def _add_plugin_commands() -> None:
-    p = _plugins()
-    builtin = set(BUILTIN_COMMANDS)
-    for impl in p.pm.hook.icm_register_commands.get_hookimpls():
-        try:
-            impl.function(cli=cli)
-            taken = builtin & {n for n, c in cli.commands.items() if c is not BUILTIN_COMMANDS.get(n)}
-            if taken:
-                for n in taken:  # a plugin may add commands, never replace icm's own
-                    cli.commands[n] = BUILTIN_COMMANDS[n]
-                raise ValueError(f"tried to replace built-in command(s) {', '.join(sorted(taken))}")
-        except Exception as exc:
-            p._fail(impl.plugin_name, "icm_register_commands", exc)
-
-
 def _add_builtin_commands() -> None:
     from icm.evaluation.command import evaluate
     from icm.training.command import train
@@ -212,7 +236,6 @@ def _add_builtin_commands() -> None:
 
 
 _add_builtin_commands()
-BUILTIN_COMMANDS = dict(cli.commands)
 
 
 def _quiet_libraries() -> None:
@@ -232,7 +255,6 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
-        _add_plugin_commands()
         cli.main(args=argv, prog_name="icm", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("icm: aborted", err=True)

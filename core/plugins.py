@@ -1,7 +1,8 @@
 """Plugin loading: built-ins and third-party plugins go through the same pluggy hooks.
 
-A plugin that fails to import, to validate (misspelled hook names) or to register is reported and
-skipped, so the CLI keeps working; ``ICM_STRICT_PLUGINS=1`` makes any such failure fatal.
+A plugin that fails to import or to validate (misspelled hook names) is reported and skipped whole; a
+register hook that raises is reported and loses what *that hook* registered (the plugin's other hooks
+still count). The CLI keeps working either way; ``ICM_STRICT_PLUGINS=1`` makes any such failure fatal.
 ``ICM_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (empty string: none).
 """
 
@@ -58,9 +59,10 @@ class Plugins:
             "icm_register_datasets": Registry("dataset"),
             "icm_register_schedules": Registry("schedule"),
         }
-        self._registered = False
+        self._registered: set[str] = set()
 
-    # The register hooks run on first use, so commands that need no codec (icm info) stay fast.
+    # Each registry's hook runs on first use of that registry, so `icm tasks` never runs the codec hooks
+    # and commands that need no registry at all (icm info) run none.
     @property
     def codecs(self) -> Registry:
         return self._registry("icm_register_codecs")
@@ -78,10 +80,15 @@ class Plugins:
         return self._registry("icm_register_schedules")
 
     def _registry(self, hookname: str) -> Registry:
-        if not self._registered:
-            self._registered = True
-            self._run_register_hooks()
+        if hookname not in self._registered:
+            self._registered.add(hookname)
+            self._run_register_hook(hookname)
         return self._registries[hookname]
+
+    def run_all_register_hooks(self) -> None:
+        """Fill every registry (``icm plugins`` shows what each plugin registered)."""
+        for hookname in self._registries:
+            self._registry(hookname)
 
     # -- loading -------------------------------------------------------------------------------------
     def load(self) -> "Plugins":
@@ -103,7 +110,7 @@ class Plugins:
             registry._entries.clear()
         for info in self.info.values():
             info.registered.clear()
-        self._registered = False
+        self._registered.clear()
 
     def _add(self, name, loader, version, builtin) -> None:
         try:
@@ -126,28 +133,28 @@ class Plugins:
         hooks = [impl.name for impl in self.pm.get_hookcallers(plugin) or []]
         self.info[name] = PluginInfo(name, version, builtin, sorted(hooks))
 
-    def _run_register_hooks(self) -> None:
+    def _run_register_hook(self, hookname: str) -> None:
         # Each plugin's hook is called on its own so that what it registered can be attributed to it
         # and one failing plugin does not stop the others.
-        for hookname, registry in self._registries.items():
-            caller = getattr(self.pm.hook, hookname)
-            for impl in caller.get_hookimpls():  # registration order: built-ins first, so they keep their names
-                name = impl.plugin_name
-                added: list[str] = []
+        registry = self._registries[hookname]
+        caller = getattr(self.pm.hook, hookname)
+        for impl in caller.get_hookimpls():  # registration order: built-ins first, so they keep their names
+            name = impl.plugin_name
+            added: list[str] = []
 
-                def register(item_name, obj, _name=name, _added=added, _reg=registry, **meta):
-                    _reg.register(item_name, obj, plugin=_name, **meta)
-                    _added.append(item_name)
+            def register(item_name, obj, _name=name, _added=added, **meta):
+                registry.register(item_name, obj, plugin=_name, **meta)
+                _added.append(item_name)
 
-                try:
-                    impl.function(register=register)
-                except Exception as exc:
-                    for item in added:  # a half-registered plugin is removed whole
-                        registry._entries.pop(item, None)
-                    self._fail(name, hookname, exc)
-                    continue
-                if name in self.info:
-                    self.info[name].registered.setdefault(registry.kind, []).extend(added)
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                for item in added:  # a half-registered plugin is removed whole from this registry
+                    registry._entries.pop(item, None)
+                self._fail(name, hookname, exc)
+                continue
+            if name in self.info:
+                self.info[name].registered.setdefault(registry.kind, []).extend(added)
 
     def _fail(self, name: str, stage: str, exc: Exception) -> None:
         message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, nothing dropped

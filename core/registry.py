@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Iterator
 
 from icm.errors import UserError
+
+
+class Lazy:
+    """A factory named by ``"module:attribute"``, imported on first call.
+
+    Registering ``Lazy("icm.codecs.icm_codec:ICMCodec", name="icm-omni-mse")`` instead of the class
+    keeps ``icm codecs``/``icm tasks`` from importing torch, compressai or OpenMMLab: the module is
+    imported only when the codec or task is built. Extra arguments are bound like ``functools.partial``.
+    """
+
+    def __init__(self, target: str, *args, **kwargs):
+        if ":" not in target:
+            raise ValueError(f"Lazy target {target!r} must be 'module:attribute'")
+        self.target, self.args, self.kwargs = target, args, kwargs
+
+    def resolve(self):
+        module, attr = self.target.split(":", 1)
+        obj = getattr(importlib.import_module(module), attr)
+        return partial(obj, *self.args, **self.kwargs) if self.args or self.kwargs else obj
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    @property
+    def __signature__(self):  # open_codec filters options by the real factory's parameters
+        return inspect.signature(self.resolve())
+
+    def __repr__(self):
+        return f"Lazy({self.target!r})"
 
 
 @dataclass

@@ -7,7 +7,7 @@
 
 The adapter supplies the loss (the same `adapter.loss` codecs train through), so this script is the
 same for every task. Weights are written in fp16 (half the bytes; loading casts back) to
-configs/tasks/weights/, and a JSON log with the val metrics and the wall time next to them.
+the adapter's package (plugins/icm-plugin-*/icm_*/model/, shipped in its wheel), and a JSON log with the val metrics and the wall time next to them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from icm.bitstream import atomic_write_bytes
 from icm.datasets import load_dataset
 from icm.images import load_image
-from icm.paths import configs_dir
+from icm.paths import package_file
 from icm.plugins import get_plugins
 from icm.tasks import Batch
 
@@ -99,7 +99,8 @@ def main():
         print(json.dumps(entry))
         log["epochs"].append(entry)
     log["train_minutes"] = (time.time() - start) / 60
-    out = Path(args.out) if args.out else configs_dir() / adapter.default_weights
+    package = type(adapter).__module__.split(".")[0]
+    out = Path(args.out) if args.out else package_file(package, adapter.default_weights)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

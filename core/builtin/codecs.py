@@ -1,29 +1,67 @@
-"""Registers the built-in codecs: the traditional anchors and every CompressAI image architecture."""
+"""Registers the built-in codecs: the traditional anchors and every CompressAI image architecture.
 
-from functools import partial
+Learned codecs register by name with a lazy factory and their rate control, so listing them
+(`icm codecs`) imports neither torch nor compressai; the module is imported when a codec is built.
+"""
+
+import importlib.util
 
 from icm import hookimpl
+from icm.codecs import RateControl
+from icm.codecs.architectures import ARCHITECTURES
+from icm.registry import Lazy
+
+COMPRESSAI_INSTALL = "pip install 'icm[learned]' && pip install --no-deps compressai==1.2.8"
+OMNI_RATES = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
+
+
+def compressai_missing() -> str | None:
+    """Why the learned codecs cannot run here, found without importing compressai (5 s of CPU)."""
+    if importlib.util.find_spec("compressai") is None:
+        return f"compressai is not installed ({COMPRESSAI_INSTALL})"
+    return None
+
+
+def _shipped_weights_missing(name: str, files: list[str]):
+    def check() -> str | None:
+        from icm.paths import configs_dir
+
+        folder = configs_dir() / "codecs" / name
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            return f"no shipped weights {', '.join(missing)} in {folder} (reinstall icm, or pass --checkpoint)"
+        return compressai_missing()
+    return check
+
+
+def _qualities(n: int) -> RateControl:
+    return RateControl("quality", (1, n), True, tuple(range(1, n + 1)))
 
 
 @hookimpl
 def icm_register_codecs(register):
-    # imports stay inside the hook so `icm plugins` does not pay for torch/compressai unless asked
-    from icm.codecs.anchors import ANCHORS
-    from icm.codecs.icm_codec import ICMCodec
-    from icm.codecs.learned import ARCHITECTURES, CompressAICodec, ShippedCompressAICodec
+    from icm.codecs.anchors import ANCHORS  # Pillow and subprocess only: cheap
 
     for cls in ANCHORS:
         register(cls.name, cls, kind="anchor", description=cls.description)
-    for arch in ARCHITECTURES:
-        register(arch, partial(CompressAICodec, arch), kind="learned",
+    for arch, (qualities, _) in ARCHITECTURES.items():
+        register(arch, Lazy("icm.codecs.learned:CompressAICodec", arch), kind="learned",
+                 rate_control=_qualities(qualities), unavailable_reason=compressai_missing,
                  description=f"CompressAI {arch} (mse); --checkpoint FILE_OR_FOLDER or --weights random")
-    register("icm-hyperprior-mse", partial(ShippedCompressAICodec, "icm-hyperprior-mse", "bmshj2018-hyperprior", 4,
-                                           description="bmshj2018-hyperprior (N=64, M=96) trained on shapes for MSE"),
-             kind="learned", description="shipped: hyperprior trained on shapes for MSE (4 qualities)")
-    register("icm-omni", ICMCodec, kind="learned",
-             description="icm's variable-rate ICM codec (rate 0..1, gain units; aux=True adds the aux stream); "
-                         "weights in configs/codecs/icm-omni/model.pth, --checkpoint FILE or --weights random")
-    register("icm-omni-mse", partial(ICMCodec, name="icm-omni-mse"), kind="learned",
-             description="the icm-omni architecture trained for rate + MSE only (stage A), the ablation baseline")
-    register("icm-omni-aux", partial(ICMCodec, name="icm-omni-aux", aux=True), kind="learned",
-             description="icm-omni plus the trained auxiliary scalable stream (decode-time beta; RDC §3.3-3.4)")
+    register("icm-hyperprior-mse",
+             Lazy("icm.codecs.learned:ShippedCompressAICodec", "icm-hyperprior-mse", "bmshj2018-hyperprior", 4,
+                  description="bmshj2018-hyperprior (N=64, M=96) trained on shapes for MSE"),
+             kind="learned", rate_control=_qualities(4),
+             unavailable_reason=_shipped_weights_missing("icm-hyperprior-mse", [f"quality{q}.pth" for q in range(1, 5)]),
+             description="shipped: hyperprior trained on shapes for MSE (4 qualities)")
+    omni = {
+        "icm-omni": ({}, "icm's variable-rate ICM codec (rate 0..1, gain units; aux=True adds the aux stream); "
+                         "shipped weights, --checkpoint FILE or --weights random"),
+        "icm-omni-mse": ({"name": "icm-omni-mse"},
+                         "the icm-omni architecture trained for rate + MSE only (stage A), the ablation baseline"),
+        "icm-omni-aux": ({"name": "icm-omni-aux", "aux": True},
+                         "icm-omni plus the trained auxiliary scalable stream (decode-time beta; RDC §3.3-3.4)"),
+    }
+    for name, (bound, description) in omni.items():
+        register(name, Lazy("icm.codecs.icm_codec:ICMCodec", **bound), kind="learned", rate_control=OMNI_RATES,
+                 unavailable_reason=_shipped_weights_missing(name, ["model.pth"]), description=description)

@@ -8,6 +8,7 @@ A codec turns an HxWx3 uint8 RGB image into named payload streams and back. The 
 from __future__ import annotations
 
 import inspect
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from icm.bitstream import Bitstream
 from icm.errors import BitstreamError, CodecUnavailable, UserError
+from icm.limits import check_header_size, max_pixels as pixel_limit
 
 SCALES = (1.0, 0.75, 0.5, 0.25)  # the resolution knob of Le §4.2
 
@@ -94,12 +96,15 @@ class Codec(ABC):
                 raise UserError(f"codec {self.name!r} needs --quality ({rc.describe()})")
             try:
                 q = int(quality)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise UserError(f"quality {quality!r} is not an integer") from None
             if q != float(quality) or rc.values is None or not rc.values[0] <= q <= rc.values[1]:
                 raise UserError(f"{rc.param} {quality} out of range for codec {self.name!r} ({rc.describe()})")
             out[rc.param] = q
-        scale = float(scale)
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise UserError(f"scale {scale!r} is not a number") from None
         if scale not in rc.scales:
             raise UserError(f"scale {scale} not supported by codec {self.name!r} (supported: {', '.join(map(str, rc.scales))})")
         if scale != 1.0:
@@ -133,37 +138,51 @@ class Codec(ABC):
         streams = self.encode_streams(image, rate)
         return Bitstream(self.name, self.version, self.weights_hash(rate), image.shape[1], image.shape[0], rate, streams)
 
-    def from_bitstream(self, bs: Bitstream, source: str = "bitstream") -> np.ndarray:
+    def from_bitstream(self, bs: Bitstream, source: str = "bitstream", max_pixels: int | None = None) -> np.ndarray:
+        """Decode a parsed bitstream. A valid checksum proves nothing (anyone can write one), so every
+        header field is checked before the decoder runs: codec, version, size against the pixel limit
+        (:mod:`icm.limits`; ``max_pixels`` raises it), rate, weights. Whatever fails is a BitstreamError."""
         self.require_available()
         if bs.codec != self.name:
             raise BitstreamError(f"{source}: made by codec {bs.codec!r}, not {self.name!r}")
         if bs.codec_version != self.version:
-            raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version}, this is version {self.version}")
-        try:  # the header passed its checksum but may still carry a rate this codec cannot have
-            self.check_rate(**bs.rate)
-        except (UserError, TypeError) as exc:
-            raise BitstreamError(f"{source}: invalid rate {bs.rate} for {self.name} ({exc})") from None
-        expected = self.weights_hash(bs.rate)
+            raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version!r}, this is version {self.version!r}")
+        check_header_size(bs.width, bs.height, pixel_limit(max_pixels), source)
+        rate = self._header_rate(bs.rate, source)
+        expected = self.weights_hash(rate)
         if bs.weights_hash != expected:
             raise BitstreamError(
                 f"{source}: weights mismatch (bitstream {bs.weights_hash.hex() or 'none'}, codec "
                 f"{expected.hex() or 'none'}); decode with the checkpoint that encoded it")
         try:
-            image = self.decode_streams(bs.streams, bs.rate, bs.width, bs.height)
-        except BitstreamError:
-            raise
+            image = self.decode_streams(bs.streams, rate, bs.width, bs.height)
+        except BitstreamError as exc:
+            raise BitstreamError(f"{source}: {_one_line(exc)}") from None
         except Exception as exc:  # a payload that passed the CRC but still does not decode
-            raise BitstreamError(f"{source}: payload does not decode ({type(exc).__name__}: {exc})") from exc
+            raise BitstreamError(f"{source}: payload does not decode ({type(exc).__name__}: {_one_line(exc)})") from exc
         if image.shape != (bs.height, bs.width, 3) or image.dtype != np.uint8:
             raise BitstreamError(f"{source}: decoded to {image.shape} {image.dtype}, expected ({bs.height}, {bs.width}, 3) uint8")
         return image
+
+    def _header_rate(self, rate: dict, source: str) -> dict:
+        """The header's rate, accepted only in the exact form ``check_rate`` writes: no other types
+        (``true`` for 1, ``3.0`` for 3, strings), keys or values reach ``decode_streams``."""
+        shown = json.dumps(rate, sort_keys=True)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        try:
+            checked = self.check_rate(**rate)
+        except (UserError, TypeError, ValueError, OverflowError) as exc:
+            raise BitstreamError(f"{source}: invalid rate {shown} for {self.name} ({_one_line(exc)})") from None
+        if json.dumps(checked, sort_keys=True) != json.dumps(rate, sort_keys=True):
+            raise BitstreamError(f"{source}: invalid rate {shown} for {self.name} (not as the encoder writes it)")
+        return checked
 
     def encode(self, image: np.ndarray, **rate) -> bytes:
         """Encode to a self-describing icm container (``bytes``)."""
         return self.to_bitstream(image, **rate).to_bytes()
 
-    def decode(self, data: bytes) -> np.ndarray:
-        return self.from_bitstream(Bitstream.from_bytes(data))
+    def decode(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+        return self.from_bitstream(Bitstream.from_bytes(data), max_pixels=max_pixels)
 
     def info(self) -> dict:
         return {
@@ -178,6 +197,12 @@ class Codec(ABC):
         }
 
 
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception's message, at most 300 characters (the CLI prints one line)."""
+    text = str(exc).strip()
+    return (text.splitlines() or [""])[0][:300]
+
+
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise UserError("codecs take HxWx3 uint8 RGB arrays (use icm.images.load_image)")
@@ -190,7 +215,10 @@ def open_codec(name: str, **options) -> Codec:
     from icm.plugins import get_plugins
 
     factory = get_plugins().codecs.get(name)
-    params = inspect.signature(factory).parameters
+    try:
+        params = inspect.signature(factory).parameters  # a Lazy factory imports its module here
+    except ImportError as exc:
+        raise CodecUnavailable(f"codec {name!r} cannot be loaded: {exc}") from None
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     accepted = {k: v for k, v in options.items() if takes_all or k in params}
     ignored = [k for k, v in options.items() if k not in accepted and v is not None]
@@ -199,8 +227,38 @@ def open_codec(name: str, **options) -> Codec:
     return factory(**{k: v for k, v in accepted.items() if v is not None})
 
 
-def decode_file(path, **options) -> tuple[np.ndarray, Bitstream]:
-    """Decode any icm file with the codec its header names."""
+def describe_codec(entry) -> dict:
+    """What ``icm codecs`` lists for a registry entry. A codec registered with its ``rate_control``
+    (and optionally an ``unavailable_reason`` callable) is described without being built, so no model
+    is loaded; any other codec is built once and asked."""
+    meta = entry.meta
+    if "rate_control" in meta:
+        check = meta.get("unavailable_reason")
+        reason = check() if check else None
+        rc = meta["rate_control"]
+        info = {"name": entry.name, "kind": meta.get("kind", "learned"), "version": None,
+                "rate_control": rc.describe(), "default_points": list(rc.default_points),
+                "available": reason is None, "unavailable_reason": reason,
+                "description": meta.get("description", "")}
+    else:
+        try:
+            info = open_codec(entry.name).info()
+        except Exception as exc:  # a plugin's broken codec is listed as unavailable, not fatal
+            info = {"name": entry.name, "kind": meta.get("kind", "?"), "version": None, "rate_control": "",
+                    "default_points": [], "available": False, "unavailable_reason": str(exc),
+                    "description": meta.get("description", "")}
+    info["plugin"] = entry.plugin
+    return info
+
+
+def decode_file(path, max_pixels: int | None = None, **options) -> tuple[np.ndarray, Bitstream]:
+    """Decode any icm file with the codec its header names. The size is checked against the pixel
+    limit before the codec (and its weights) is even opened."""
+    from icm.plugins import get_plugins
+
     bs = Bitstream.load(path)
+    check_header_size(bs.width, bs.height, pixel_limit(max_pixels), str(path))
+    if bs.codec not in get_plugins().codecs:
+        raise BitstreamError(f"{path}: made by codec {bs.codec!r}, which is not registered here (see `icm codecs`)")
     codec = open_codec(bs.codec, **options)
-    return codec.from_bitstream(bs, source=str(path)), bs
+    return codec.from_bitstream(bs, source=str(path), max_pixels=max_pixels), bs

@@ -34,8 +34,8 @@ from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
-DEFAULT_CONFIG = "tasks/simplebaseline_r18_tiny_shapes_pose.py"
-DEFAULT_WEIGHTS = "tasks/weights/simplebaseline_r18_tiny_shapes_pose.pth"
+DEFAULT_CONFIG = "model/simplebaseline_r18_tiny_shapes_pose.py"
+DEFAULT_WEIGHTS = "model/simplebaseline_r18_tiny_shapes_pose.pth"
 
 
 class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):

@@ -16,8 +16,8 @@ from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
-DEFAULT_CONFIG = "tasks/resnet18_tiny_shapes_cls.py"
-DEFAULT_WEIGHTS = "tasks/weights/resnet18_tiny_shapes_cls.pth"
+DEFAULT_CONFIG = "model/resnet18_tiny_shapes_cls.py"
+DEFAULT_WEIGHTS = "model/resnet18_tiny_shapes_cls.pth"
 
 
 class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):

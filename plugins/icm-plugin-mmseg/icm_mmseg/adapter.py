@@ -14,8 +14,8 @@ from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter
 
-DEFAULT_CONFIG = "tasks/fpn_r18_tiny_shapes_seg.py"
-DEFAULT_WEIGHTS = "tasks/weights/fpn_r18_tiny_shapes_seg.pth"
+DEFAULT_CONFIG = "model/fpn_r18_tiny_shapes_seg.py"
+DEFAULT_WEIGHTS = "model/fpn_r18_tiny_shapes_seg.pth"
 IGNORE_INDEX = 255
 
 

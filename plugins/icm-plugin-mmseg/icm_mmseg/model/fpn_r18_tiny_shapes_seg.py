@@ -1,7 +1,7 @@
 # A small Semantic FPN for the 128x128 `shapes` benchmark: ResNetV1c-18 at quarter width (base 32),
 # FPN with 64 channels, FPNHead predicting 6 classes (wall, ground, disc, square, triangle, figure)
 # at stride 4. Serves the `seg` task (mIoU).
-# Trained by: .venv/bin/python scripts/train_task_model.py seg   (see configs/tasks/README.md)
+# Trained by: .venv/bin/python scripts/train_task_model.py seg   (see docs/task_models.md)
 num_classes = 6
 norm_cfg = dict(type="BN", requires_grad=True)
 model = dict(

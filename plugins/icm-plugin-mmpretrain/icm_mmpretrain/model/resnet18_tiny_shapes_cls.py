@@ -1,7 +1,7 @@
 # A small ImageClassifier for the 128x128 `shapes` benchmark (4 classes: disc, square, triangle, figure;
 # the label is the class of the largest visible thing): ResNet-18 at half width (stem and base 32
 # channels; stages 32/64/128/256), global average pooling, one linear layer.
-# Trained by: .venv/bin/python scripts/train_task_model.py cls   (see configs/tasks/README.md)
+# Trained by: .venv/bin/python scripts/train_task_model.py cls   (see docs/task_models.md)
 num_classes = 4
 model = dict(
     type="ImageClassifier",

@@ -1,7 +1,10 @@
 # A small PanopticFPN for the 128x128 `shapes` benchmark: ResNet-18 at quarter width (base 32),
 # FPN with 64 channels. One checkpoint serves det (boxes), inst (masks) and panoptic (PQ).
-# Trained by: .venv/bin/python scripts/train_task_model.py det   (see configs/tasks/README.md)
+# Trained by: .venv/bin/python scripts/train_task_model.py det   (see docs/task_models.md)
 num_things, num_stuff = 4, 2
+# the class names, in the model's label order: evaluation matches them to a dataset's categories by name
+metainfo = dict(thing_classes=("disc", "square", "triangle", "figure"), stuff_classes=("wall", "ground"),
+                classes=("disc", "square", "triangle", "figure", "wall", "ground"))
 model = dict(
     type="PanopticFPN",
     data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
