@@ -97,6 +97,8 @@ class Bitstream:
         rate_raw = reader.take(struct.unpack(">H", reader.take(2))[0])
         lengths = [(reader.str8(), reader.varint()) for _ in range(reader.u8())]
         streams = {name: reader.take(n) for name, n in lengths}
+        if len(streams) != len(lengths):
+            raise BitstreamError(f"{source}: corrupt stream table (a stream name is listed twice)")
         if reader.pos != len(body):
             # the listed payloads must end exactly at the checksum; anything else is truncation or damage
             raise BitstreamError(f"{source}: truncated or corrupt ({len(body) - reader.pos:+d} bytes unaccounted for)")
@@ -106,10 +108,12 @@ class Bitstream:
             raise BitstreamError(f"{source}: corrupt header (image size {width}x{height})")
         if colour_code not in COLOUR_FORMATS:
             raise BitstreamError(f"{source}: unknown colour format {colour_code}")
-        try:
-            rate = json.loads(rate_raw)
-        except ValueError:
+        try:  # NaN/Infinity are not JSON; deep nesting would otherwise escape as RecursionError
+            rate = json.loads(rate_raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
             raise BitstreamError(f"{source}: corrupt rate parameters") from None
+        if not isinstance(rate, dict):
+            raise BitstreamError(f"{source}: corrupt rate parameters (not a JSON object)")
         return cls(codec, codec_version, weights_hash, width, height, rate, streams, COLOUR_FORMATS[colour_code])
 
     # -- files -------------------------------------------------------------------------------------
@@ -148,6 +152,10 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 # -- primitive encoders (by hand: see module docstring) ------------------------------------------------

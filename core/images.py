@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +13,40 @@ from PIL import Image, UnidentifiedImageError
 
 from icm.bitstream import atomic_write_bytes
 from icm.errors import UserError
+from icm.limits import hint, max_pixels as pixel_limit
 
 # Pillow modes that widen to 8-bit RGB without losing anything.
 _LOSSLESS_TO_RGB = {"L", "P", "1", "RGB"}
 _SIXTEEN_BIT_RAWMODES = ("RGB;16", "RGBA;16", "I;16")
 
 
-def load_image(path: str | Path) -> np.ndarray:
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _bomb_guard(limit: int):
+    """Pillow's decompression-bomb check, tied to icm's pixel limit and made an error at the limit
+    (Pillow only warns up to twice its limit). Image.MAX_IMAGE_PIXELS is process-global, hence the lock."""
+    with _PILLOW_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Load an image as HxWx3 uint8 RGB.
 
     Grayscale and palette images are widened to RGB (lossless). An alpha channel that is fully opaque
     is dropped; real transparency and 16-bit samples are refused, since coding them as 8-bit RGB
-    would silently change the image.
+    would silently change the image. An image whose header claims more than the pixel limit
+    (:mod:`icm.limits`; ``max_pixels`` raises it) is refused before any pixel is decoded.
     """
+    limit = pixel_limit(max_pixels)
     try:
-        with Image.open(path) as im:
+        with _bomb_guard(limit), Image.open(path) as im:
             rawmode = im.tile[0][3] if im.tile else ""
             rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
             if im.mode.startswith("I;16") or im.mode in ("I", "F") or str(rawmode).startswith(_SIXTEEN_BIT_RAWMODES):
@@ -40,6 +62,8 @@ def load_image(path: str | Path) -> np.ndarray:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except UserError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UserError(f"{path}: image is larger than the limit of {limit:,} pixels; {hint()}") from None
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

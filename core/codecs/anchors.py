@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,8 +38,12 @@ class Anchor(Codec):
         return {"main": self.encode_pixels(self._scaled(image, rate), rate[self.rate_control.param])}
 
     def decode_streams(self, streams, rate, width, height):
+        if list(streams) != ["main"]:
+            raise BitstreamError(f"{self.name} needs one stream 'main', got {sorted(streams)}")
         s = rate.get("scale", 1.0)
         small = (max(1, round(width * s)), max(1, round(height * s)))
+        # decode_pixels checks the payload's own size claim against ``small`` before it decodes; this
+        # check is the backstop before the resize allocates the header's size
         image = self.decode_pixels(streams["main"], *small)
         if image.shape[:2] != (small[1], small[0]):
             raise BitstreamError(f"decoded size {image.shape[1]}x{image.shape[0]} does not match the header")
@@ -70,8 +75,15 @@ class PillowAnchor(Anchor):
         return buf.getvalue()
 
     def decode_pixels(self, data, width, height):
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
+        # Only this anchor's format (Pillow would otherwise try every format it knows), and the size the
+        # payload declares must be the header's before any pixel is decoded. The header size is within
+        # the pixel limit, so Pillow's own bomb check can only fire on a mismatch: it is an error too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[self.pillow_format]) as im:
+                if im.size != (width, height):
+                    raise BitstreamError(f"payload is a {im.size[0]}x{im.size[1]} image, the header says {width}x{height}")
+                return np.asarray(im.convert("RGB"))
 
 
 class JPEG(PillowAnchor):
@@ -155,12 +167,21 @@ def ffmpeg_has(kind: str, name: str) -> bool:
     return any(line.split()[1:2] == [name] for line in out.splitlines() if line.strip())
 
 
-def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
-    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+def _run(cmd: list[str], stdin: bytes | None = None, timeout: float | None = None) -> bytes:
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # run() has killed the child
+        raise BitstreamError(f"{Path(cmd[0]).name} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise BitstreamError(f"{Path(cmd[0]).name} failed: {err[-1] if err else proc.returncode}")
     return proc.stdout
+
+
+def decode_timeout(pixels: int) -> float:
+    """Seconds a subprocess decoder may take for one frame: generous for real frames (an 89 MP
+    frame decodes in a few seconds), but a crafted stream cannot hang a decode."""
+    return 10.0 + pixels / 1e6
 
 
 def _pad_even(image: np.ndarray) -> np.ndarray:
@@ -205,10 +226,12 @@ class FFmpegAnchor(Anchor):
         return _run(cmd, rgb_to_yuv420(padded, self.bits))
 
     def decode_pixels(self, data, width, height):
-        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", self.fmt, "-i", "pipe:0",
-               "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         pw, ph = width + width % 2, height + height % 2
-        return yuv420_to_rgb(_run(cmd, data), pw, ph)[:height, :width].copy()
+        # -max_pixels: ffmpeg refuses a frame larger than the header's before allocating it, so stdout
+        # holds at most one frame of the expected size; the time limit covers the rest
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-max_pixels", str(pw * ph),
+               "-f", self.fmt, "-i", "pipe:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
+        return yuv420_to_rgb(_run(cmd, data, decode_timeout(pw * ph)), pw, ph)[:height, :width].copy()
 
 
 class HEVC(FFmpegAnchor):
@@ -264,7 +287,10 @@ class VVC(FFmpegAnchor):
         with tempfile.TemporaryDirectory() as tmp:
             bit, yuv = Path(tmp, "in.266"), Path(tmp, "out.yuv")
             bit.write_bytes(data)
-            _run([tools[1], "-b", str(bit), "-o", str(yuv)])
+            _run([tools[1], "-b", str(bit), "-o", str(yuv)], timeout=decode_timeout(pw * ph))
+            expected = pw * ph * 3  # 4:2:0 in 16-bit samples; a larger file is another size, not read
+            if yuv.stat().st_size > expected:
+                raise BitstreamError(f"vvdecapp wrote {yuv.stat().st_size} bytes for a {pw}x{ph} frame")
             return yuv420_to_rgb(yuv.read_bytes(), pw, ph)[:height, :width].copy()
 
 

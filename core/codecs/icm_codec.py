@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from icm.codecs import Codec, RateControl
+from icm.codecs import Codec, RateControl, entropy_guard
 from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_image, to_tensor
 from icm.errors import BitstreamError, UserError
 
@@ -391,6 +391,7 @@ class ICMCodec(Codec):
             if self.aux and not net.aux:
                 raise UserError(f"{self.weights_file()} has no aux branch; it cannot encode with aux=True")
             net.update(force=True)
+            entropy_guard.guard(net, {"entropy_bottleneck": "hyper", "gaussian_conditional": "main", "aux_bottleneck": "aux"})
             self._net = net.to(self.device).eval()
             self._hash = tensor_hash(self._net.state_dict())
         return self._net
@@ -433,5 +434,11 @@ class ICMCodec(Codec):
         if not {"main", "hyper"} <= names or not names <= set(STREAMS):
             raise BitstreamError(f"{self.name} needs streams main, hyper (and optionally aux), got {sorted(names)}")
         size = (-(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE)
-        x_hat = self.net.decompress(streams, size, rate["rate"], beta=self.decode_beta)
+        net = self.net
+        # the streams whose latent size the header alone fixes are checked before any latent is allocated
+        entropy_guard.check_bottleneck(net.entropy_bottleneck, streams["hyper"], (size[0] // STRIDE, size[1] // STRIDE),
+                                       "stream 'hyper'")
+        if "aux" in streams and self.decode_beta < 1 and net.aux:
+            entropy_guard.check_bottleneck(net.aux_bottleneck, streams["aux"], (size[0] // 16, size[1] // 16), "stream 'aux'")
+        x_hat = net.decompress(streams, size, rate["rate"], beta=self.decode_beta)
         return to_image(x_hat[..., :height, :width])

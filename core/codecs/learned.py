@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icm.codecs import Codec, RateControl
+from icm.codecs import Codec, RateControl, entropy_guard
 from icm.errors import BitstreamError, UserError
 
 ARCHITECTURES = {  # name -> (qualities, total downsampling of the last latent the decoder needs)
@@ -105,6 +105,8 @@ class CompressAICodec(Codec):
     def model(self, quality: int) -> torch.nn.Module:
         if quality not in self._models:
             net = self._build(quality).to(self.device).eval()
+            entropy_guard.guard(net, {"entropy_bottleneck": "main" if self.latent_stride == 16 else "hyper",
+                                      "gaussian_conditional": "main"})
             self._models[quality] = net
             self._hashes[quality] = tensor_hash(net.state_dict())
         return self._models[quality]
@@ -188,8 +190,16 @@ class CompressAICodec(Codec):
             raise BitstreamError(f"{self.name} needs streams {expected}, got {sorted(streams)}")
         s = self.latent_stride
         shape = ((height + PAD_TO - 1) // PAD_TO * PAD_TO // s, (width + PAD_TO - 1) // PAD_TO * PAD_TO // s)
+        # the stream the header's size alone determines is checked before the model allocates its latent
+        entropy_guard.check_bottleneck(net.entropy_bottleneck, streams[expected[-1]], shape, f"stream {expected[-1]!r}")
+        strings = {n: streams[n] for n in expected}
+        if hasattr(net, "context_prediction"):
+            # mbt2018 and cheng2020 decode "main" position by position with their own rANS decoder,
+            # which no guard sits in front of: padding keeps its reads inside the buffer
+            y_symbols = net.M * shape[0] * 4 * shape[1] * 4
+            strings["main"] = entropy_guard.padded(entropy_guard.check_words(streams["main"], "stream 'main'"), y_symbols)
         with torch.no_grad():
-            x_hat = net.decompress([[streams[n]] for n in expected], shape)["x_hat"]
+            x_hat = net.decompress([[strings[n]] for n in expected], shape)["x_hat"]
         return to_image(x_hat[..., :height, :width])
 
 
