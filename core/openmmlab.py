@@ -120,7 +120,10 @@ def read_state_dict(checkpoint: str) -> dict:
 
 
 def build_model(cfg, lib: str, checkpoint: str | None, device=None, strict: bool = True) -> torch.nn.Module:
-    """Build ``cfg.model`` in ``lib``'s scope, load weights, freeze, and move to ``device``."""
+    """Build ``cfg.model`` in ``lib``'s scope, load weights, freeze, and move to ``device``.
+
+    The model gets ``dataset_meta`` (at least ``classes`` when known, see :func:`dataset_meta`), so
+    adapters can match its classes to a dataset's by name."""
     from mmengine.registry import MODELS
 
     strip_downloads(cfg)
@@ -131,13 +134,77 @@ def build_model(cfg, lib: str, checkpoint: str | None, device=None, strict: bool
             raise UserError(f"cannot build the {lib} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if checkpoint:
         state = read_state_dict(checkpoint)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if strict and (missing or unexpected):
-            raise UserError(f"checkpoint {checkpoint} does not fit the {lib} config: {len(missing)} missing keys "
-                            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        check_fit(model, state, f"checkpoint {checkpoint} does not fit the {lib} config", strict)
+        model.load_state_dict(state, strict=False)
     model.cfg = cfg
+    model.dataset_meta = dataset_meta(cfg, lib, checkpoint)
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return freeze(model.to(device))
+
+
+def check_fit(model: torch.nn.Module, state: dict, what: str, strict: bool = True) -> None:
+    """One line instead of torch's size-mismatch traceback: how many keys are missing, unexpected or of
+    the wrong shape, the first few of each named. Wrong shapes always fail; missing and unexpected keys
+    only when ``strict``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong or (strict and (missing or unexpected)):
+        parts = [f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("of the wrong shape, checkpoint vs model", wrong)) if keys]
+        raise UserError(f"{what}: {len(own)} keys in the model; " + "; ".join(parts))
+
+
+def dataset_meta(cfg, lib: str, checkpoint: str | None = None) -> dict:
+    """What the model was trained on: ``meta.dataset_meta`` of an mmengine checkpoint, else the config's
+    ``metainfo`` (top level, or in the test/val/train dataset), else the ``METAINFO`` of the config's
+    dataset type (stock COCO configs: the 80 COCO classes). ``{}`` when nothing names the classes."""
+    meta = _checkpoint_meta(checkpoint) if checkpoint else {}
+    if meta.get("classes"):
+        return meta
+    candidates = [cfg.get("metainfo")]
+    for loader in ("test_dataloader", "val_dataloader", "train_dataloader"):
+        ds = (cfg.get(loader) or {}).get("dataset") or {}
+        while isinstance(ds, dict) and "dataset" in ds and "metainfo" not in ds:  # RepeatDataset & co.
+            ds = ds["dataset"]
+        if isinstance(ds, dict):
+            candidates.append(ds.get("metainfo"))
+            candidates.append(_registered_metainfo(ds.get("type"), lib))
+    for c in candidates:
+        if c and c.get("classes"):
+            return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(c).items()}
+    return {}
+
+
+def _checkpoint_meta(checkpoint) -> dict:
+    """``meta['dataset_meta']`` of a local mmengine checkpoint (mmap'ed, tensors not read), or {}."""
+    import numpy as np
+
+    path = Path(str(checkpoint))
+    if "://" in str(checkpoint):
+        path = Path(torch.hub.get_dir()) / "checkpoints" / str(checkpoint).rsplit("/", 1)[1]
+    safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype("float64")), np.float64]
+    try:
+        with torch.serialization.safe_globals(safe):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        meta = ckpt.get("meta", {}).get("dataset_meta", {}) if isinstance(ckpt, dict) else {}
+        return dict(meta) if isinstance(meta, dict) else {}
+    except Exception:  # old pickle format, no meta: the config is asked next
+        return {}
+
+
+def _registered_metainfo(dataset_type, lib: str):
+    if not isinstance(dataset_type, str):
+        return None
+    try:
+        with scope(lib):  # the library's own registry: the root one does not look into children
+            cls = importlib.import_module(f"{lib}.registry").DATASETS.get(dataset_type)
+    except Exception:
+        return None
+    return getattr(cls, "METAINFO", None)
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -160,8 +227,11 @@ def normalise(x01: torch.Tensor, cfg) -> torch.Tensor:
     x = x01 * 255.0
     if not consumes_rgb:
         x = x.flip(1)
-    mean = torch.tensor(dp.get("mean", MEAN), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(dp.get("std", STD), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # a data preprocessor without mean/std does not normalise (YOLOX reads raw 0-255 pixels); only a
+    # config without any data preprocessor gets the ImageNet statistics
+    default_mean, default_std = (MEAN, STD) if not dp else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    mean = torch.tensor(dp.get("mean") or default_mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(dp.get("std") or default_std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     # contiguous NCHW: an NHWC-permuted batch stays channels_last through the arithmetic, and mmcv's
     # CPU RoIAlign reads raw memory as NCHW (silently wrong boxes and masks otherwise)
     return ((x - mean) / std).contiguous()

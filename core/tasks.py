@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from icm.errors import UserError
+
 
 @dataclass
 class Batch:
@@ -48,6 +50,8 @@ class TaskAdapter(ABC):
     primary_metric: str = ""
     metrics: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # where predict/loss run; adapters set it from their model
+    class_map: dict[str, str] = {}  # model class name -> dataset class name (``--class-map``); set by the caller
+    label_free_unsupported: str | None = None  # why this task cannot score against pseudo ground truth, if it cannot
 
     def __init__(self):
         self.dataset = None
@@ -56,6 +60,10 @@ class TaskAdapter(ABC):
         """Attach the dataset whose annotations ``loss`` and ``evaluator`` use."""
         self.dataset = dataset
         return self
+
+    def check(self, label_free: bool = False) -> None:
+        """Raise a UserError now if the bound dataset cannot be scored with this model (missing
+        annotations, classes that do not match by name); called before any image is coded."""
 
     @abstractmethod
     def predict(self, batch: Batch) -> list[Any]:
@@ -83,3 +91,30 @@ class TaskAdapter(ABC):
     def model(self) -> torch.nn.Module:
         """The underlying frozen network (training scripts unfreeze a copy)."""
         raise NotImplementedError
+
+
+def match_classes(task: str, model: list[str], dataset: list[str], class_map: dict[str, str] | None = None) -> list[int | None]:
+    """The dataset class index each model class is scored as (None: a class the dataset does not have,
+    whose predictions are dropped), matched by name, never by position.
+
+    ``class_map`` renames model classes to dataset classes first (several model classes may map to one).
+    Every dataset class must receive a model class, otherwise it could never be predicted and the
+    score would silently mean something else: that is one UserError line naming both lists.
+    """
+    class_map = class_map or {}
+    index = {n: i for i, n in enumerate(dataset)}
+    bad = [f"{m}={d}" for m, d in class_map.items() if m in model and d not in index]
+    if bad:
+        raise UserError(f"task {task}: --class-map {', '.join(bad)}: not a dataset class (dataset: {_names(dataset)})")
+    mapping = [index.get(class_map.get(m, m)) for m in model]
+    missing = [d for i, d in enumerate(dataset) if i not in set(mapping)]
+    if missing:
+        raise UserError(f"task {task}: the model's classes {_names(model)} do not cover the dataset's classes "
+                        f"{_names(dataset)} (no model class for {_names(missing)}); classes are matched by name: "
+                        f"rename them with --class-map MODEL=DATASET,... (or class_map in the experiment file)")
+    return mapping
+
+
+def _names(names: list[str], most: int = 12) -> str:
+    shown = ", ".join(names[:most])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > most else ''}]"

@@ -5,17 +5,20 @@ from __future__ import annotations
 import click
 
 from icm.errors import UserError
-from icm.evaluation.config import DEFAULT_ANCHORS, CodecSpec, Experiment, add_anchors, load_experiment, parse_rates, parse_task
+from icm.evaluation.config import (DEFAULT_ANCHORS, CodecSpec, Experiment, add_anchors, load_experiment, parse_class_map,
+                                   parse_rates, parse_task)
 
 GRID = [1.0, 0.75, 0.5, 0.25]
 DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse")  # the shipped learned codecs, used when their weights exist
 
 
 @click.command()
-@click.option("--tasks", help="Comma-separated tasks (default: every installed task). See `icm tasks`.")
+@click.option("--tasks", "tasks", multiple=True,
+              help="Tasks, comma-separated and/or repeated (default: every installed task). See `icm tasks`.")
 @click.option("--task", "task_models", multiple=True, metavar="NAME=CONFIG[:CKPT]",
               help="Swap in another model for a task: any OpenMMLab config, checkpoint path or URL.")
-@click.option("--codec", "codecs", multiple=True, help="Codec to evaluate (repeatable; default: the shipped codec).")
+@click.option("--codec", "--codecs", "codecs", multiple=True,
+              help="Codecs to evaluate, comma-separated and/or repeated (default: the shipped codecs).")
 @click.option("--rates", help="Rate points for --codec: quality indices '1,3,5' or 'rate=0.1,0.4'.")
 @click.option("--checkpoint", help="Checkpoint file or folder for the --codec learned codecs.")
 @click.option("--anchors", help=f"Comma-separated anchors (default: {','.join(DEFAULT_ANCHORS)}; '' for none).")
@@ -28,17 +31,24 @@ DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse")  # the shipped learned codec
 @click.option("--config", "config_path", type=click.Path(), help="An experiment TOML (see configs/experiments/).")
 @click.option("--label-free", is_flag=True, help="Score against predictions on the uncompressed images, not labels.")
 @click.option("--device", help="torch device for task models (default: cuda if available, else cpu).")
+@click.option("--weights", type=click.Choice(["random"]),
+              help="Run --task configs given without a checkpoint on random-init weights (refused otherwise).")
+@click.option("--class-map", "class_map", metavar="MODEL=DATASET,...",
+              help="Score these model classes as these dataset classes (classes are matched by name).")
+@click.option("--strict", is_flag=True, help="Exit 1 if any image, prediction or scoring failed (outputs are still written).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid, reference, dataset, split, limit, out,
-             config_path, label_free, device, no_progress):
+             config_path, label_free, device, weights, class_map, strict, no_progress):
     """Encode each image once per codec and rate, decode once, and evaluate every task on it."""
+    from icm.evaluation.engine import check_weights
     from icm.evaluation.run import evaluate as run
     from icm.plugins import get_plugins
 
     exp = load_experiment(config_path) if config_path else Experiment()
     plugins = get_plugins()
+    tasks, codecs = _names(tasks), _names(codecs)  # "--tasks a,b" and "--tasks a --tasks b" alike
     if tasks:
-        exp.tasks = [parse_task(t) for t in tasks.split(",") if t.strip()]
+        exp.tasks = [parse_task(t) for t in tasks]
     elif not exp.tasks:
         exp.tasks = [parse_task(t) for t in plugins.tasks.names()]
     for text in task_models:
@@ -48,6 +58,13 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
         exp.tasks = [t for t in exp.tasks if t.name != spec.name] + [spec]
     if not exp.tasks:
         raise UserError("no tasks: install a task plugin (see `icm tasks`)")
+    if weights:
+        for t in exp.tasks:
+            if t.config and not t.checkpoint:
+                t.weights = weights
+    if class_map:
+        exp.class_map = {**exp.class_map, **parse_class_map(class_map)}
+    exp.strict = exp.strict or strict
     for t in exp.tasks:
         plugins.tasks.entry(t.name)  # unknown task -> one-line error now, not after encoding
     rate_list = parse_rates(rates) if rates else None
@@ -84,10 +101,21 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
         raise UserError("--limit must be at least 1")
     if exp.reference not in {c.name for c in exp.codecs}:
         raise UserError(f"reference {exp.reference!r} is not among the evaluated codecs/anchors")
+    for t in exp.tasks:
+        check_weights(t)
     summary = run(exp, progress=not no_progress)
     if summary is None:
         return
     _print_summary(summary)
+    failures = summary["counters"]["failures"]
+    if failures:
+        images = len({f["image_id"] for f in failures if "image_id" in f})
+        tasks = sorted({f["task"] for f in failures if "task" in f})
+        click.echo(f"icm: {len(failures)} failure(s): {images} image(s) skipped at some point"
+                   f"{'; tasks affected: ' + ', '.join(tasks) if tasks else ''}; each is listed above and in "
+                   f"{summary['out']}/results.json (counters.failures)", err=True)
+        if summary["strict"]:
+            raise SystemExit(1)
 
 
 def _print_summary(summary: dict) -> None:
@@ -107,12 +135,16 @@ def _print_summary(summary: dict) -> None:
             table.add_row(codec, "ref" if codec == a["reference"] else _f(bd.get("bd_rate"), 1),
                           _f(bd.get("bd_metric"), 4), " ".join(f"{b:.3f}:{m:.3f}" for b, m, _ in sorted(curve["points"])))
         console.print(table)
+        for note in sorted({f"{label}: {m['note']}" for label, m in summary["metrics"].get(task, {}).items() if m.get("note")}):
+            console.print(f"  note: {note}")
     c = summary["counters"]
     console.print(f"{c['encodes']} encodes ({c['bitstream_cache_hits']} cached), {c['decodes']} decodes, "
                   f"{len(c['failures'])} failures; {summary['wall_seconds']:.0f} s; wrote {summary['out']}/results.json, "
                   f"results.csv, plots/, report.html")
-    for f in c["failures"][:10]:
-        console.print(f"[yellow]failure[/]: {f}")
+
+
+def _names(values) -> list[str]:
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
 def _f(v, d):

@@ -26,6 +26,7 @@ class TaskSpec:
     name: str
     config: str | None = None
     checkpoint: str | None = None
+    weights: str | None = None  # "random": a config without a checkpoint runs on random-init weights
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Experiment:
     label_free: bool = False
     samples_in_report: int = 2
     device: str | None = None
+    class_map: dict = field(default_factory=dict)  # model class name -> dataset class name
+    strict: bool = False  # any recorded failure makes the run fail (exit 1) after writing its outputs
 
 
 _CONFIG_THEN_CHECKPOINT = re.compile(r"^(?P<config>.+?\.(?:py|json|ya?ml)):(?P<checkpoint>.+)$")
@@ -90,7 +93,21 @@ def load_experiment(path: str | Path) -> Experiment:
     except TypeError as exc:
         raise UserError(f"experiment config {path}: bad task or codec entry ({exc})") from None
     add_anchors(exp, data.get("anchors", list(DEFAULT_ANCHORS)), data.get("anchor_scales", [1.0]))
+    if not isinstance(exp.class_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in exp.class_map.items()):
+        raise UserError(f"experiment config {path}: class_map must be a table of model class = dataset class names")
     return exp
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+    """``--class-map model=dataset,...``: model class names to the dataset's category names."""
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        model, sep, data = (s.strip() for s in item.partition("="))
+        if not sep or not model or not data:
+            raise UserError(f"--class-map: expected MODEL_CLASS=DATASET_CLASS, got {item!r}")
+        out[model] = data
+    return out
 
 
 def add_anchors(exp: Experiment, names, scales) -> None:

@@ -123,6 +123,7 @@ class Engine:
         self.out = Path(exp.out)
         self.cache = self.out / "cache"
         self.counters = Counters()
+        self.rank = 0
 
     def codec_points(self) -> list[tuple[Codec | None, Point]]:
         points: list[tuple[Codec | None, Point]] = [(None, Point(ORIGINAL, {}, "none"))]
@@ -147,10 +148,27 @@ class Engine:
         out = {}
         for spec in self.exp.tasks:
             factory = tasks.get(spec.name)
+            check_weights(spec)
             kwargs = {k: v for k, v in (("config", spec.config), ("checkpoint", spec.checkpoint),
                                          ("device", self.exp.device)) if v}
-            out[spec.name] = factory(**kwargs)
+            with torch.random.fork_rng():  # random-init weights (--weights random) are the same every run
+                torch.manual_seed(0)
+                adapter = factory(**kwargs)
+            adapter.class_map = dict(self.exp.class_map)
+            if self.exp.label_free and adapter.label_free_unsupported:
+                if self.rank == 0:
+                    self.fail({"task": spec.name, "stage": "label-free",
+                               "error": f"cannot make pseudo ground truth ({adapter.label_free_unsupported}); task skipped"})
+                continue
+            out[spec.name] = adapter
         return out
+
+    def fail(self, failure: dict) -> None:
+        """Record a failure and say so on stderr at once (the count comes at the end of the run)."""
+        self.counters.failures.append(failure)
+        from tqdm import tqdm
+
+        tqdm.write(f"icm: failure: {describe(failure)}", file=sys.stderr)
 
     # -- per point --------------------------------------------------------------------------------
     def _code(self, codec: Codec, point: Point, image: np.ndarray, ikey: str):
@@ -230,6 +248,7 @@ class Engine:
 
     def run(self, dataset) -> dict:
         rank, world = dist_setup()
+        self.rank = rank
         images = dataset.images[: self.exp.limit] if self.exp.limit else dataset.images
         if not images:
             raise UserError(f"dataset {dataset.name!r} has no images")
@@ -237,15 +256,18 @@ class Engine:
         adapters = self.adapters()
         for a in adapters.values():
             a.bind(dataset)
+            a.check(label_free=self.exp.label_free)  # classes, annotations: refuse now, not after the coding
         mkeys = {t: model_key(a) for t, a in adapters.items()}
         points = self.codec_points()
+        if rank == 0:  # everything is checked: from here on a failed run must not leave old results looking current
+            set_aside_previous(self.out)
         originals = {}
         for s in shard:
             try:
                 img = load_image(s["file_name"])
                 originals[s["id"]] = (img, image_key(img))
             except UserError as exc:
-                self.counters.failures.append({"image_id": s["id"], "stage": "load", "error": str(exc)})
+                self.fail({"image_id": s["id"], "stage": "load", "error": str(exc)})
 
         records, predictions = [], {t: {} for t in adapters}
         from tqdm import tqdm
@@ -265,7 +287,7 @@ class Engine:
                     else:
                         decoded, rec = self._code(codec, point, img, ikey)
                 except IcmError as exc:
-                    self.counters.failures.append({"image_id": s["id"], "point": point.label, "error": str(exc)})
+                    self.fail({"image_id": s["id"], "point": point.label, "error": str(exc)})
                     bar.update(1)
                     continue
                 rec.update({"codec": point.codec, "rate": point.rate, "rate_key": point.key, "image_id": s["id"],
@@ -278,8 +300,8 @@ class Engine:
             for task, adapter in adapters.items():
                 try:
                     got = self._predict(adapter, mkeys[task], point, items)
-                except IcmError as exc:
-                    self.counters.failures.append({"task": task, "point": point.label, "error": str(exc)})
+                except Exception as exc:  # one task's bug or refusal must not cost the other tasks' work
+                    self.fail({"task": task, "point": point.label, "stage": "predict", "error": error_text(exc)})
                     continue
                 predictions[task].setdefault(point.label, {}).update(got)
         bar.close()
@@ -295,25 +317,97 @@ class Engine:
                     all_preds[t].setdefault(label, {}).update(preds)
         counters = {k: (sum(g["counters"][k] for g in gathered) if k != "failures"
                         else [f for g in gathered for f in g["counters"][k]]) for k in self.counters.__dict__}
-        metrics = self.score(dataset, images, adapters, points, all_preds)
+        before = len(self.counters.failures)
+        metrics = self.score(dataset, images, adapters, points, all_preds, mkeys)
+        counters["failures"] += self.counters.failures[before:]
         return {"records": all_records, "metrics": metrics, "counters": counters, "world_size": world,
                 "points": [{"codec": p.codec, "rate": p.rate, "rate_key": p.key} for _, p in points],
                 "tasks": {t: {"primary": a.primary_metric, "model": mkeys[t]} for t, a in adapters.items()}}
 
-    def score(self, dataset, images, adapters, points, all_preds) -> dict:
+    def score(self, dataset, images, adapters, points, all_preds, mkeys) -> dict:
+        """Every task's metrics at every point. A task whose scoring fails at a point is recorded as a
+        failure and the rest goes on; each task's metrics are written to ``OUT/metrics/<task>.json`` as
+        soon as they are computed, so a later failure loses nothing finished."""
         by_id = {s["id"]: s for s in images}
         metrics: dict[str, dict[str, dict]] = {}
         for task, adapter in adapters.items():
             pseudo = all_preds[task].get(f"{ORIGINAL}@none") if self.exp.label_free else None
+            errors: dict[str, dict] = {}  # one failure record per distinct error, listing its points
             for _, point in points:
                 preds = all_preds[task].get(point.label, {})
                 ids = sorted(preds)
                 if not ids:
                     continue
-                ev = adapter.evaluator(pseudo_ground_truth=pseudo)
-                ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
-                metrics.setdefault(task, {})[point.label] = {**ev.compute(), "images": len(ids)}
+                try:
+                    ev = adapter.evaluator(pseudo_ground_truth=pseudo)
+                    ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
+                    m = dict(ev.compute())
+                except Exception as exc:  # reported by name below; the other tasks and points are kept
+                    text = error_text(exc)
+                    errors.setdefault(text, {"task": task, "stage": "score", "points": [], "error": text})
+                    errors[text]["points"].append(point.label)
+                    continue
+                if not _is_number(m.get(adapter.primary_metric)):  # the primary metric exists at every point
+                    m.setdefault("note", f"{adapter.primary_metric} not computable at this point")
+                    m[adapter.primary_metric] = None
+                metrics.setdefault(task, {})[point.label] = {**m, "images": len(ids)}
+            for failure in errors.values():
+                self.fail(failure)
+            write_json(self.out / "metrics" / f"{task}.json",
+                       {"task": task, "primary": adapter.primary_metric, "model": mkeys[task],
+                        "metrics": metrics.get(task, {}), "failures": list(errors.values())})
         return metrics
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def error_text(exc: BaseException) -> str:
+    """An icm error's own message; anything else also names its type (it is a bug somewhere)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return first if isinstance(exc, IcmError) else f"{type(exc).__name__}: {first}"
+
+
+def describe(f: dict) -> str:
+    """One line for a failure record."""
+    where = [f"task {f['task']}" if "task" in f else None, f"image {f['image_id']}" if "image_id" in f else None,
+             f"at {f['point']}" if "point" in f else None,
+             f"at {', '.join(f['points'][:3])}{' ...' if len(f['points']) > 3 else ''}" if f.get("points") else None,
+             f"({f['stage']})" if "stage" in f else None]
+    return f"{' '.join(w for w in where if w)}: {f['error']}"
+
+
+def check_weights(spec) -> None:
+    """A task config without a checkpoint would run on random weights: only when asked for explicitly."""
+    if spec.weights not in (None, "random"):
+        raise UserError(f"task {spec.name}: weights {spec.weights!r}: the only choice is 'random'")
+    if spec.config and not Path(spec.config).is_file() and "://" not in spec.config:
+        raise UserError(f"config {spec.config}: no such file")
+    if spec.config and not spec.checkpoint and spec.weights != "random":
+        raise UserError(f"task {spec.name}: config {spec.config} has no checkpoint (NAME=CONFIG:CHECKPOINT); "
+                        f"to run it on random weights say so with --weights random")
+    if spec.checkpoint and spec.weights == "random":
+        raise UserError(f"task {spec.name}: both a checkpoint and --weights random given")
+
+
+PREVIOUS = "previous"  # where the outputs of an earlier run go while a new one runs
+OUTPUTS = ("results.json", "results.csv", "report.html", "metrics", "plots")
+
+
+def set_aside_previous(out: Path) -> None:
+    """Move an earlier run's outputs to ``OUT/previous/``: until this run writes its own, nothing in
+    ``OUT`` looks like a current result. A successful run removes the folder."""
+    import shutil
+
+    present = [n for n in OUTPUTS if (out / n).exists()]
+    if not present:
+        return
+    aside = out / PREVIOUS
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True)
+    for name in present:
+        os.replace(out / name, aside / name)
 
 
 def write_json(path: Path, obj) -> None:

@@ -41,17 +41,63 @@ def plot_curves(analysis: dict, out: Path) -> dict[str, Path]:
                 ax.plot(fb, fm, style, marker="o", ms=4, color=colour, label=codec + (" (reference)" if codec == a["reference"] else ""))
         if a.get("uncompressed") is not None:
             ax.axhline(a["uncompressed"], color="grey", lw=1, ls=":", label="uncompressed")
-        ax.set_xscale("log")
+        _log_rate_axis(ax)
         ax.set_xlabel("bits per pixel (real file bytes)")
         ax.set_ylabel(a["primary"])
         ax.set_title(f"{name}: {a['primary']} vs rate (lines: Pareto fronts)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a task with no computable point has no curve to name
+            ax.legend(fontsize=8)
         for fmt in ("png", "svg"):
             atomic_write_bytes(out / "plots" / f"{name}.{fmt}", _fig_bytes(fig, fmt))
         plt.close(fig)
         written[name] = out / "plots" / f"{name}.png"
     return written
+
+
+def _log_rate_axis(ax) -> None:
+    """Log bpp axis labelled with plain numbers at 1, 2 and 5 per decade. Matplotlib's default labels
+    the minor ticks too when the data span less than a decade, and they collide ("3×10⁻¹4×10⁻¹")."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def bd_matrix_html(analysis: dict) -> str:
+    """The report's first table: codecs by tasks, BD-rate against the reference, coloured (green saves
+    bits, red costs bits; the stronger the colour, the larger the figure), the uncompressed accuracy
+    per task on top."""
+    tasks = [t for t in analysis if t != "_psnr"] + (["_psnr"] if "_psnr" in analysis else [])
+    if not tasks:
+        return ""
+    codecs = sorted({c for t in tasks for c in analysis[t]["curves"]})
+    reference = analysis[tasks[0]]["reference"]
+    head = "".join(f"<th>{html.escape('PSNR' if t == '_psnr' else t)}<br><small>{html.escape(analysis[t]['primary'])}"
+                   f"</small></th>" for t in tasks)
+    ceiling = "".join(f"<td>{_fmt(analysis[t].get('uncompressed'))}</td>" for t in tasks)
+    rows = [f"<table class='matrix'><tr><th>BD-rate % vs {html.escape(reference)}</th>{head}</tr>",
+            f"<tr><td><i>uncompressed</i></td>{ceiling}</tr>"]
+    for codec in codecs:
+        cells = []
+        for t in tasks:
+            if codec == reference:
+                cells.append("<td class='ref'>ref</td>")
+                continue
+            rate = analysis[t]["bd"].get(codec, {}).get("bd_rate")
+            cells.append(f"<td style='background:{_bd_colour(rate)}'>{_fmt(rate, 1)}</td>")
+        rows.append(f"<tr><td>{html.escape(codec)}</td>{''.join(cells)}</tr>")
+    return "".join(rows) + "</table>"
+
+
+def _bd_colour(rate) -> str:
+    if rate is None:
+        return "#f3f3f3"
+    strength = min(abs(rate), 60.0) / 60.0  # saturates at ±60 %
+    light = round(96 - 40 * strength)
+    return f"hsl({130 if rate < 0 else 0},60%,{light}%)"
 
 
 def _img_tag(png: bytes, alt: str, width=None) -> str:
@@ -73,13 +119,15 @@ def write_report(out: Path, analysis: dict, rows: list[dict], results: dict, sam
              "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
              "td:first-child,th:first-child{text-align:left}.neg{color:#0a7d20;font-weight:bold}.pos{color:#b00}"
-             ".grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{margin:0;font-size:11px;text-align:center}",
+             ".grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{margin:0;font-size:11px;text-align:center}"
+             ".matrix td{text-align:center;min-width:5em}.matrix td.ref{color:#777}",
              "</style></head><body><h1>icm evaluate</h1>"]
     c = results["counters"]
     parts.append(f"<p>{len({r['image_id'] for r in results['records']})} images; {c['encodes']} encodes "
                  f"({c['bitstream_cache_hits']} bitstreams reused from cache), {c['decodes']} decodes, "
                  f"{c['predictions']} task predictions ({c['prediction_cache_hits']} from cache); "
                  f"world size {results['world_size']}.</p>")
+    parts.append(bd_matrix_html(analysis))
     for task, a in analysis.items():
         name = "PSNR" if task == "_psnr" else task
         parts.append(f"<h2>{html.escape(name)}</h2>")

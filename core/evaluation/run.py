@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from icm.codecs import open_codec
 from icm.datasets import load_dataset
 from icm.errors import IcmError
 from icm.evaluation.config import Experiment
-from icm.evaluation.engine import ORIGINAL, Engine, write_json
+from icm.evaluation.engine import ORIGINAL, PREVIOUS, Engine, write_json
 from icm.evaluation.report import png_bytes, write_report
 from icm.evaluation.summary import analyse, point_rows, task_rows
 from icm.images import load_image
@@ -106,4 +107,6 @@ def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
                                       "provenance": result["provenance"]})
     write_csv(out / "results.csv", task_rows(result, rows))
     write_report(out, analysis, rows, result, sample_images(exp, result, dataset))
-    return {"out": str(out), "analysis": analysis, "counters": result["counters"], "wall_seconds": result["wall_seconds"]}
+    shutil.rmtree(out / PREVIOUS, ignore_errors=True)  # this run's outputs are all written
+    return {"out": str(out), "analysis": analysis, "counters": result["counters"], "wall_seconds": result["wall_seconds"],
+            "metrics": result["metrics"], "strict": exp.strict}

@@ -53,8 +53,10 @@ def analyse(result: dict, rows: list[dict], reference: str) -> dict:
         primary = result["tasks"][task]["primary"]
         curves = {}
         for codec in codecs:
-            pts = [(r["bpp"], by_point[f"{codec}@{r['rate_key']}"][primary], r["rate_key"]) for r in rows
+            # a point whose primary metric could not be computed (null, with a note) is not on the curve
+            pts = [(r["bpp"], by_point[f"{codec}@{r['rate_key']}"].get(primary), r["rate_key"]) for r in rows
                    if r["codec"] == codec and f"{codec}@{r['rate_key']}" in by_point and r["bpp"] is not None]
+            pts = [p for p in pts if p[1] is not None and math.isfinite(p[1])]
             curves[codec] = {"points": pts, "front": pareto_front([(b, m) for b, m, _ in pts])}
         ceiling = by_point.get(f"{ORIGINAL}@none", {}).get(primary)
         ref = curves.get(reference, {}).get("front")

@@ -1,6 +1,11 @@
-"""mmdet adapters. One PanopticFPN (or any two-stage mmdet detector config) serves det, inst and
-panoptic; the adapter calls the model's stages itself so gradients reach the pixels and the
-instance predictions stay available next to the panoptic fusion."""
+"""mmdet adapters. One PanopticFPN serves det, inst and panoptic; det also takes any two-stage
+(Faster R-CNN, ...) or single-stage (RetinaNet, FCOS, YOLOX, ...) mmdet detector config. The adapter
+calls the model's stages itself so gradients reach the pixels and the instance predictions stay
+available next to the panoptic fusion.
+
+Predicted labels are the model's class indices; they are matched to the dataset's COCO categories by
+name (``icm.tasks.match_classes``, ``--class-map``), never by position. Label-free, the model's own
+classes are the categories of the pseudo ground truth, so no dataset classes are needed."""
 
 from __future__ import annotations
 
@@ -15,10 +20,10 @@ import torch
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.tasks import Batch, Evaluator, TaskAdapter
+from icm.tasks import Batch, Evaluator, TaskAdapter, match_classes
 
-DEFAULT_CONFIG = "tasks/panoptic_fpn_r18_tiny_shapes.py"
-DEFAULT_WEIGHTS = "tasks/weights/panoptic_fpn_r18_tiny_shapes.pth"
+DEFAULT_CONFIG = "model/panoptic_fpn_r18_tiny_shapes.py"
+DEFAULT_WEIGHTS = "model/panoptic_fpn_r18_tiny_shapes.pth"
 
 
 class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
@@ -26,25 +31,58 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     library, default_config, default_weights = "mmdet", DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
     def bind(self, dataset):
-        for cached in ("_coco", "classes"):  # annotations of the previous dataset
+        for cached in ("_coco", "dataset_classes", "label_map"):  # annotations of the previous dataset
             self.__dict__.pop(cached, None)
         return super().bind(dataset)
 
-    # -- ground truth --------------------------------------------------------------------------------
+    # -- the model's kind and classes ---------------------------------------------------------------------
+    @property
+    def two_stage(self) -> bool:
+        return hasattr(self._model, "rpn_head") and hasattr(self._model, "roi_head")
+
+    @property
+    def num_classes(self) -> int:
+        head = self._model.roi_head.bbox_head if self.two_stage else self._model.bbox_head
+        return int(head.num_classes)
+
+    @property
+    def model_classes(self) -> list[str]:
+        """The names of the model's (thing) classes, from its dataset_meta; ``class0``... when unnamed."""
+        meta = getattr(self._model, "dataset_meta", {}) or {}
+        for key in ("thing_classes", "classes"):
+            names = list(meta.get(key) or [])
+            if len(names) == self.num_classes:
+                return names
+        return [f"class{i}" for i in range(self.num_classes)]
+
     @cached_property
     def _coco(self):
         from pycocotools.coco import COCO
 
         if self.dataset is None or "instances" not in self.dataset.annotations:
-            raise UserError(f"task {self.name}: the dataset has no COCO instances annotations")
+            name = self.dataset.name if self.dataset is not None else "no dataset bound"
+            raise UserError(f"task {self.name}: the dataset ({name}) has no COCO instances annotations; "
+                            f"without labels use --label-free")
         with openmmlab.quiet():
             return COCO(str(self.dataset.annotations["instances"]))
 
     @cached_property
-    def classes(self) -> list[str]:
-        if self.dataset is not None and "instances" in self.dataset.annotations:
-            return [c["name"] for c in sorted(self._coco.dataset["categories"], key=lambda c: c["id"])]
-        return [f"class{i}" for i in range(self._model.roi_head.bbox_head.num_classes)]
+    def dataset_classes(self) -> list[str]:
+        """The dataset's category names in ascending category id order."""
+        return [c["name"] for c in sorted(self._coco.dataset["categories"], key=lambda c: c["id"])]
+
+    @cached_property
+    def label_map(self) -> list[int | None]:
+        """Model class index -> index into :attr:`dataset_classes` (None: not a dataset class)."""
+        return match_classes(self.name, self.model_classes, self.dataset_classes, self.class_map)
+
+    def check(self, label_free=False):
+        self._check_model()
+        if not label_free:
+            self.label_map  # noqa: B018 (annotations present, classes matched by name: or one line now)
+
+    def _check_model(self):
+        pass
 
     def _data_samples(self, batch: Batch, padded_hw, with_gt: bool):
         from mmdet.structures import DetDataSample
@@ -58,7 +96,9 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
                                              batch_input_shape=padded_hw, scale_factor=(1.0, 1.0)))
             if with_gt:
                 anns = [a for a in self._coco.imgToAnns.get(s["id"], []) if not a.get("iscrowd", 0)]
-                cat_index = {c: i for i, c in enumerate(sorted(self._coco.getCatIds()))}
+                # dataset category -> the (first) model class scored as it: training labels by name too
+                to_model = {d: m for m, d in reversed(list(enumerate(self.label_map))) if d is not None}
+                cat_index = {c: to_model[i] for i, c in enumerate(sorted(self._coco.getCatIds()))}
                 gt = InstanceData()
                 boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
                 gt.bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4).to(self.device)
@@ -92,10 +132,24 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return list(self._model.extract_feat(self._inputs(x)))
 
     def objectness(self, x):
-        """RPN objectness (paper 003): sigmoid of the RPN class scores, max over anchors, per FPN level."""
+        """Per-location objectness, one (N, 1, h, w) map per FPN level. Two-stage detectors: the RPN's
+        (paper 003), sigmoid of its class scores, max over anchors. Single-stage detectors (RetinaNet,
+        FCOS, YOLOX, ...) have no RPN: the max over anchors and classes of their classification scores
+        (sigmoid; softmax without the background for softmax heads)."""
         feats = self._model.extract_feat(self._inputs(x))
-        cls_scores, _ = self._model.rpn_head(feats)
-        return [s.sigmoid().amax(dim=1, keepdim=True) for s in cls_scores]
+        if self.two_stage:
+            cls_scores, _ = self._model.rpn_head(feats)
+            return [s.sigmoid().amax(dim=1, keepdim=True) for s in cls_scores]
+        head = self._model.bbox_head
+        cls_scores = head(feats)[0]
+        if getattr(head, "use_sigmoid_cls", True):
+            return [s.sigmoid().amax(dim=1, keepdim=True) for s in cls_scores]
+        out = []
+        for s in cls_scores:  # (N, A * (C + 1), h, w), background last (mmdet's convention)
+            n, _, h, w = s.shape
+            prob = s.view(n, -1, self.num_classes + 1, h, w).softmax(dim=2)[:, :, :-1]
+            out.append(prob.amax(dim=2).amax(dim=1, keepdim=True))
+        return out
 
     def loss(self, decoded, batch):
         inputs = self._inputs(decoded)
@@ -109,8 +163,11 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
             inputs = self._inputs(batch.images)
             samples = self._data_samples(batch, tuple(inputs.shape[-2:]), with_gt=False)
             feats = self._model.extract_feat(inputs)
-            proposals = self._model.rpn_head.predict(feats, samples, rescale=False)
-            results = self._model.roi_head.predict(feats, proposals, samples, rescale=True)
+            if self.two_stage:
+                proposals = self._model.rpn_head.predict(feats, samples, rescale=False)
+                results = self._model.roi_head.predict(feats, proposals, samples, rescale=True)
+            else:
+                results = self._model.bbox_head.predict(feats, samples, rescale=True)
         return feats, samples, results
 
 
@@ -147,34 +204,56 @@ class InstAdapter(DetAdapter):
     description = "instance segmentation (mmdet), COCO mask mAP"
     iou_type = "segm"
 
+    def _check_model(self):
+        if not (self.two_stage and getattr(self._model.roi_head, "with_mask", False)):
+            raise UserError(f"task inst: the {type(self._model).__name__} model predicts no masks "
+                            f"(a two-stage detector with a mask head is needed, e.g. Mask R-CNN)")
+
 
 class CocoEvaluator(Evaluator):
     """mmdet's CocoMetric over the bound dataset's instances JSON (or a pseudo-GT JSON built from
-    predictions on the uncompressed images), restricted to the images actually processed."""
+    predictions on the uncompressed images), restricted to the images actually processed.
+
+    Model labels are mapped to dataset categories by name (``adapter.label_map``); predictions of model
+    classes the dataset does not have are dropped. No predictions at all is a legal outcome (a blank
+    model, a very low rate): every metric is 0, with a ``note``. No ground-truth object in the images
+    scored (label-free, when the model finds nothing confident on the originals): mAP is undefined,
+    so the metrics are None, with a note."""
 
     def __init__(self, adapter: DetAdapter, pseudo_ground_truth=None, pseudo_score_thr: float = 0.5):
         from mmdet.evaluation.metrics import CocoMetric
 
         self.adapter, self.primary = adapter, adapter.primary_metric
-        ann_file = adapter.dataset.annotations["instances"]
-        if pseudo_ground_truth is not None:
+        if pseudo_ground_truth is None:
+            ann_file = adapter.dataset.annotations["instances"] if adapter.dataset is not None else None
+            classes, self.label_map = adapter.dataset_classes, adapter.label_map
+            cat_ids = sorted(c["id"] for c in adapter._coco.dataset["categories"])
+        else:
             ann_file = self._pseudo_json(adapter, pseudo_ground_truth, pseudo_score_thr)
+            classes = adapter.model_classes
+            self.label_map, cat_ids = list(range(len(classes))), list(range(1, len(classes) + 1))
         with openmmlab.quiet():
             self.metric = CocoMetric(ann_file=str(ann_file), metric=[adapter.iou_type], format_only=False)
         if pseudo_ground_truth is not None:  # CocoMetric has read it; do not leave it in /tmp
             shutil.rmtree(ann_file.parent, ignore_errors=True)
-        self.metric.dataset_meta = {"classes": tuple(adapter.classes)}
+        self.metric.dataset_meta = {"classes": tuple(classes)}
+        self.metric.cat_ids = cat_ids  # label index -> category id exactly, not via a name lookup
         self.ids: list[int] = []
+        self.kept = 0  # predictions that reached the metric
 
     @staticmethod
     def _pseudo_json(adapter, pseudo, thr):
-        coco = json.loads(Path(adapter.dataset.annotations["instances"]).read_text())
-        cat_ids = sorted(c["id"] for c in coco["categories"])
-        anns = []
+        """A COCO instances JSON of the confident predictions on the uncompressed images; its
+        categories are the model's classes (ids 1..C), its images the dataset's records."""
+        records = {r["id"]: r for r in adapter.dataset.images} if adapter.dataset is not None else {}
+        images, anns = [], []
         for img_id, p in pseudo.items():
+            r = records.get(img_id, {"width": 0, "height": 0})
+            images.append({"id": int(img_id), "width": r["width"], "height": r["height"],
+                           "file_name": Path(r.get("file_name", str(img_id))).name})
             for k in np.flatnonzero(p["scores"] >= thr):
                 x1, y1, x2, y2 = map(float, p["bboxes"][k])
-                ann = {"id": len(anns) + 1, "image_id": int(img_id), "category_id": cat_ids[int(p["labels"][k])],
+                ann = {"id": len(anns) + 1, "image_id": int(img_id), "category_id": int(p["labels"][k]) + 1,
                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
                 if "masks" in p:
                     from pycocotools import mask as mask_utils
@@ -182,32 +261,89 @@ class CocoEvaluator(Evaluator):
                     ann["segmentation"] = p["masks"][k]
                     ann["area"] = float(mask_utils.area({**p["masks"][k], "counts": p["masks"][k]["counts"].encode()}))
                 anns.append(ann)
-        coco["annotations"] = anns
+        categories = [{"id": i + 1, "name": n} for i, n in enumerate(adapter.model_classes)]
         tmp = Path(tempfile.mkdtemp(prefix="icm-pseudo-")) / "instances.json"
-        tmp.write_text(json.dumps(coco))
+        tmp.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
         return tmp
 
     def process(self, predictions, samples):
+        lut = np.array([-1 if d is None else d for d in self.label_map], np.int64)
         data = []
         for p, s in zip(predictions, samples):
-            pred = {"bboxes": torch.from_numpy(p["bboxes"]), "scores": torch.from_numpy(p["scores"]),
-                    "labels": torch.from_numpy(p["labels"])}
+            labels = lut[p["labels"]] if len(p["labels"]) else np.zeros(0, np.int64)
+            keep = labels >= 0  # a model class the dataset does not have: nothing to score it against
+            pred = {"bboxes": torch.from_numpy(p["bboxes"][keep]), "scores": torch.from_numpy(p["scores"][keep]),
+                    "labels": torch.from_numpy(labels[keep])}
             if "masks" in p:
-                pred["masks"] = [{**m, "counts": m["counts"].encode()} for m in p["masks"]]
+                pred["masks"] = [{**m, "counts": m["counts"].encode()} for m, k in zip(p["masks"], keep) if k]
             data.append({"img_id": s["id"], "ori_shape": (s["height"], s["width"]), "pred_instances": pred})
             self.ids.append(s["id"])
+            self.kept += int(keep.sum())
         self.metric.process({}, data)
 
     def compute(self):
+        names = self.adapter.metrics
+        if not self.kept:  # CocoMetric would return no metrics at all here
+            return {**{k: 0.0 for k in names}, "note": "no predictions at this point: scored 0"}
         self.metric.img_ids = sorted(set(self.ids))
         with openmmlab.quiet():
             res = self.metric.compute_metrics(self.metric.results)
-        return {k: float(v) for k, v in res.items() if not isinstance(v, str)}
+        out = {k: float(v) for k, v in res.items() if not isinstance(v, str)}
+        if out.get(self.primary, 0.0) < 0:  # pycocotools' -1: no ground-truth object in the images scored
+            return {**{k: None for k in out}, "note": "no ground-truth objects in the images scored: mAP undefined"}
+        return out
 
 
 class PanopticAdapter(MMDetAdapter):
     name, primary_metric, metrics = "panoptic", "PQ", ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
     description = "panoptic segmentation (mmdet PanopticFPN), PQ"
+
+    def bind(self, dataset):
+        for cached in ("panoptic_categories", "panoptic_label_map"):
+            self.__dict__.pop(cached, None)
+        return super().bind(dataset)
+
+    def _check_model(self):
+        if not (hasattr(self._model, "semantic_head") and hasattr(self._model, "panoptic_fusion_head")):
+            raise UserError(f"task panoptic: the {type(self._model).__name__} model is not a panoptic model "
+                            f"(a semantic head and a panoptic fusion head are needed, e.g. PanopticFPN)")
+
+    def check(self, label_free=False):
+        self._check_model()
+        if not label_free:
+            self.panoptic_label_map  # noqa: B018 (annotations present, classes matched by name: or one line now)
+
+    @property
+    def things_stuff(self) -> tuple[int, int]:
+        head = self._model.panoptic_fusion_head
+        return int(head.num_things_classes), int(head.num_stuff_classes)
+
+    @property
+    def panoptic_classes(self) -> list[str]:
+        """The model's panoptic label order: thing classes, then stuff classes (mmdet's convention)."""
+        th, st = self.things_stuff
+        meta = getattr(self._model, "dataset_meta", {}) or {}
+        things, stuff = list(meta.get("thing_classes") or []), list(meta.get("stuff_classes") or [])
+        if len(things) == th and len(stuff) == st:
+            return things + stuff
+        names = list(meta.get("classes") or [])
+        return names if len(names) == th + st else [f"class{i}" for i in range(th + st)]
+
+    @cached_property
+    def panoptic_categories(self) -> list[dict]:
+        """The dataset's panoptic categories (``id``, ``name``, ``isthing``) in ascending id order."""
+        if self.dataset is None or not {"panoptic_json", "panoptic_dir"} <= set(self.dataset.annotations):
+            name = self.dataset.name if self.dataset is not None else "no dataset bound"
+            raise UserError(f"task panoptic: the dataset ({name}) has no COCO panoptic annotations "
+                            f"(panoptic_json, panoptic_dir); without labels use --label-free")
+        categories = json.loads(Path(self.dataset.annotations["panoptic_json"]).read_text()).get("categories", [])
+        return sorted(categories, key=lambda c: c["id"])
+
+    @cached_property
+    def panoptic_label_map(self) -> list[int | None]:
+        """Model panoptic label -> index into :attr:`panoptic_categories`, matched by name."""
+        return match_classes(self.name, self.panoptic_classes, [c["name"] for c in self.panoptic_categories],
+                             self.class_map)
 
     def predict(self, batch):
         feats, samples, results = self._instances(batch)

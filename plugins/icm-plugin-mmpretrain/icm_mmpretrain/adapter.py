@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.tasks import Batch, Evaluator, TaskAdapter
+from icm.tasks import Batch, Evaluator, TaskAdapter, match_classes
 
 DEFAULT_CONFIG = "model/resnet18_tiny_shapes_cls.py"
 DEFAULT_WEIGHTS = "model/resnet18_tiny_shapes_cls.pth"
@@ -44,6 +44,25 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def classes(self) -> list[str]:
         names = (self.dataset.meta.get("classification_classes") if self.dataset is not None else None) or []
         return list(names) if len(names) == self.num_classes else [f"class{i}" for i in range(self.num_classes)]
+
+    @property
+    def model_classes(self) -> list[str]:
+        """The model's class names (its dataset_meta); ``class0``... when unnamed."""
+        names = list((getattr(self._model, "dataset_meta", {}) or {}).get("classes") or [])
+        return names if len(names) == self.num_classes else [f"class{i}" for i in range(self.num_classes)]
+
+    def label_map(self) -> list[int | None] | None:
+        """Model class index -> dataset label index, matched by name; None when the dataset names no
+        classes (``meta["classification_classes"]``): its label indices are then the model's."""
+        names = self.dataset.meta.get("classification_classes") if self.dataset is not None else None
+        if not names:
+            return None
+        return match_classes(self.name, self.model_classes, list(names), self.class_map)
+
+    def check(self, label_free=False):
+        if not label_free:
+            self._labels()  # the dataset has labels: or one line now
+            self.label_map()
 
     # -- ground truth --------------------------------------------------------------------------------
     def _labels(self) -> dict[Path, int]:
@@ -148,7 +167,11 @@ class AccuracyEvaluator(Evaluator):
         from mmpretrain.evaluation import Accuracy
 
         self.adapter, self.pseudo = adapter, pseudo_ground_truth
-        self.k = min(5, adapter.num_classes)
+        # labelled: model scores are summed into the dataset's classes they are matched to (by name)
+        self.label_map = adapter.label_map() if pseudo_ground_truth is None else None
+        n = adapter.num_classes if self.label_map is None else len(adapter.dataset.meta["classification_classes"])
+        self.n = n
+        self.k = min(5, n)
         self.topk = (1, self.k) if self.k > 1 else (1,)
         self.metric = Accuracy(topk=self.topk)
 
@@ -160,9 +183,19 @@ class AccuracyEvaluator(Evaluator):
     def process(self, predictions, samples):
         from mmpretrain.structures import DataSample
 
-        data = [DataSample().set_pred_score(torch.as_tensor(np.asarray(p["scores"], np.float32)))
+        data = [DataSample().set_pred_score(torch.as_tensor(self._scores(p["scores"])))
                 .set_gt_label(self._target(s)).to_dict() for p, s in zip(predictions, samples)]
         self.metric.process({}, data)
+
+    def _scores(self, scores) -> np.ndarray:
+        scores = np.asarray(scores, np.float32)
+        if self.label_map is None:
+            return scores
+        out = np.zeros(self.n, np.float32)
+        for m, d in enumerate(self.label_map):
+            if d is not None:
+                out[d] += scores[m]
+        return out
 
     def compute(self):
         if not self.metric.results:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from icm import openmmlab
 from icm.errors import UserError
-from icm.tasks import Batch, Evaluator, TaskAdapter
+from icm.tasks import Batch, Evaluator, TaskAdapter, match_classes
 
 DEFAULT_CONFIG = "model/fpn_r18_tiny_shapes_seg.py"
 DEFAULT_WEIGHTS = "model/fpn_r18_tiny_shapes_seg.pth"
@@ -28,15 +28,42 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def num_classes(self) -> int:
         return self._model.decode_head.num_classes
 
-    @cached_property
+    @property
+    def model_classes(self) -> list[str]:
+        """The model's class names (its dataset_meta); ``class0``... when unnamed."""
+        names = list((getattr(self._model, "dataset_meta", {}) or {}).get("classes") or [])
+        return names if len(names) == self.num_classes else [f"class{i}" for i in range(self.num_classes)]
+
+    @property
+    def dataset_classes(self) -> list[str] | None:
+        """The names of the label values of the dataset's PNGs (``meta["semantic_classes"]``), if given."""
+        names = self.dataset.meta.get("semantic_classes") if self.dataset is not None else None
+        return list(names) if names else None
+
+    @property
     def classes(self) -> list[str]:
-        names = (self.dataset.meta.get("semantic_classes") if self.dataset is not None else None) or []
-        if len(names) == self.num_classes:
-            return list(names)
-        return [f"class{i}" for i in range(self.num_classes)]
+        """The classes scored: the dataset's (labels), else the model's (label-free, or unnamed labels)."""
+        return self.dataset_classes or self.model_classes
+
+    @cached_property
+    def label_lut(self) -> np.ndarray:
+        """Model class index -> dataset label value (255 = a class the dataset does not have), matched by
+        name. A dataset without class names is read by position, with a note in its metrics."""
+        if self.dataset_classes is None:
+            return np.arange(self.num_classes, dtype=np.int64)
+        mapping = match_classes(self.name, self.model_classes, self.dataset_classes, self.class_map)
+        return np.array([IGNORE_INDEX if d is None else d for d in mapping], np.int64)
+
+    def check(self, label_free=False):
+        if not label_free:
+            if self.dataset is None or "semantic_dir" not in self.dataset.annotations:
+                name = self.dataset.name if self.dataset is not None else "no dataset bound"
+                raise UserError(f"task {self.name}: the dataset ({name}) has no semantic annotations (semantic_dir); "
+                                f"without labels use --label-free")
+            self.label_lut  # noqa: B018 (classes matched by name: or one line now)
 
     def bind(self, dataset):
-        self.__dict__.pop("classes", None)
+        self.__dict__.pop("label_lut", None)
         return super().bind(dataset)
 
     # -- ground truth --------------------------------------------------------------------------------
@@ -137,7 +164,10 @@ class IoUEvaluator(Evaluator):
 
         self.adapter, self.pseudo = adapter, pseudo_ground_truth
         self.metric = IoUMetric(ignore_index=IGNORE_INDEX, iou_metrics=["mIoU"], prefix="seg")
-        self.metric.dataset_meta = {"classes": tuple(adapter.classes)}
+        # label-free, both sides are model class indices; else predictions become dataset label values
+        self.lut = None if pseudo_ground_truth is not None else adapter.label_lut
+        classes = adapter.model_classes if pseudo_ground_truth is not None else adapter.classes
+        self.metric.dataset_meta = {"classes": tuple(classes)}
 
     def _ground_truth(self, sample):
         if self.pseudo is not None:
@@ -150,7 +180,8 @@ class IoUEvaluator(Evaluator):
     def process(self, predictions, samples):
         data = []
         for p, s in zip(predictions, samples):
-            pred = torch.from_numpy(np.asarray(p["sem_seg"]).astype(np.int64))
+            pred = np.asarray(p["sem_seg"]).astype(np.int64)
+            pred = torch.from_numpy(self.lut[pred] if self.lut is not None else pred)
             gt = torch.from_numpy(self._ground_truth(s).astype(np.int64))
             if gt.shape != pred.shape:
                 raise UserError(f"task seg: prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} "
@@ -163,4 +194,7 @@ class IoUEvaluator(Evaluator):
             return {m: float("nan") for m in self.adapter.metrics}
         with openmmlab.quiet():  # IoUMetric logs its per-class table
             res = self.metric.compute_metrics(self.metric.results)
-        return {k: round(float(res[k]) / 100.0, 6) for k in ("mIoU", "aAcc", "mAcc")}  # IoUMetric: percent
+        out = {k: round(float(res[k]) / 100.0, 6) for k in ("mIoU", "aAcc", "mAcc")}  # IoUMetric: percent
+        if self.pseudo is None and self.adapter.dataset_classes is None:
+            out["note"] = "the dataset names no classes (meta semantic_classes): label values read as model class indices"
+        return out

@@ -3,6 +3,8 @@
 # channels; stages 32/64/128/256), global average pooling, one linear layer.
 # Trained by: .venv/bin/python scripts/train_task_model.py cls   (see docs/task_models.md)
 num_classes = 4
+# the class names, in the model's label order: evaluation matches them to a dataset's classes by name
+metainfo = dict(classes=("disc", "square", "triangle", "figure"))
 model = dict(
     type="ImageClassifier",
     data_preprocessor=dict(type="ClsDataPreprocessor", num_classes=num_classes, mean=[123.675, 116.28, 103.53],

@@ -3,6 +3,8 @@
 # at stride 4. Serves the `seg` task (mIoU).
 # Trained by: .venv/bin/python scripts/train_task_model.py seg   (see docs/task_models.md)
 num_classes = 6
+# the class names, in the model's label order: evaluation matches them to a dataset's classes by name
+metainfo = dict(classes=("wall", "ground", "disc", "square", "triangle", "figure"))
 norm_cfg = dict(type="BN", requires_grad=True)
 model = dict(
     type="EncoderDecoder",
