@@ -138,3 +138,19 @@ def test_adapter_fixtures_give_shapes_val_and_batches(icm_shapes_val, icm_batch)
     assert batch.images.shape == (3, 3, 128, 128) and len(batch) == 3
     assert float(batch.images.max()) <= 1.0 and np.allclose(batch.images[1, 0].numpy() * 255, pixels[1, ..., 0])
     assert batch.samples[2]["id"] == icm_shapes_val.images[2]["id"]
+
+
+def test_lazily_registered_tasks_describe_their_adapters_truly():
+    """Task plugins register by name with listing metadata, so `icm tasks` imports no OpenMMLab; the
+    metadata must be what the adapter class says once it is imported."""
+    from icm.plugins import get_plugins
+    from icm.registry import Lazy
+
+    entries = list(get_plugins().tasks.entries())
+    assert {e.name for e in entries} >= {"det", "inst", "panoptic", "seg", "pose", "cls"}
+    for e in entries:
+        if not isinstance(e.obj, Lazy):
+            continue
+        cls = e.obj.resolve()
+        assert cls.name == e.name and list(cls.metrics) == e.meta["metrics"], e.name
+        assert cls.primary_metric == e.meta["primary"] and cls.description == e.meta["description"], e.name

@@ -1,9 +1,11 @@
 from icm import hookimpl
+from icm.registry import Lazy
 
 
 @hookimpl
 def icm_register_tasks(register):
-    from icm_mmpose.adapter import PoseAdapter
-
-    register(PoseAdapter.name, PoseAdapter, metrics=list(PoseAdapter.metrics), primary=PoseAdapter.primary_metric,
-             library="mmpose", description=PoseAdapter.description)
+    # By name with a lazy factory: `icm tasks` lists these without importing mmpose or torch.
+    # The metadata repeats the adapter's class attributes; tests/test_plugins.py checks they agree.
+    register("pose", Lazy("icm_mmpose.adapter:PoseAdapter"),
+             metrics=['AP', 'AP50', 'AP75', 'AR'], primary="AP", library="mmpose",
+             description="top-down keypoints on ground-truth boxes (mmpose SimpleBaseline), COCO keypoint AP")

@@ -1,9 +1,10 @@
 from icm import hookimpl
+from icm.registry import Lazy
 
 
 @hookimpl
 def icm_register_tasks(register):
-    from icm_mmpretrain.adapter import ClsAdapter
-
-    register(ClsAdapter.name, ClsAdapter, metrics=list(ClsAdapter.metrics), primary=ClsAdapter.primary_metric,
-             library="mmpretrain", description=ClsAdapter.description)
+    # By name with a lazy factory: `icm tasks` lists these without importing mmpretrain or torch.
+    # The metadata repeats the adapter's class attributes; tests/test_plugins.py checks they agree.
+    register("cls", Lazy("icm_mmpretrain.adapter:ClsAdapter"), metrics=['top1', 'top5'], primary="top1",
+             library="mmpretrain", description="image classification (mmpretrain), top-1 / top-5 accuracy")

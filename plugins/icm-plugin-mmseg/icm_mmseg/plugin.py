@@ -1,9 +1,10 @@
 from icm import hookimpl
+from icm.registry import Lazy
 
 
 @hookimpl
 def icm_register_tasks(register):
-    from icm_mmseg.adapter import SegAdapter
-
-    register(SegAdapter.name, SegAdapter, metrics=list(SegAdapter.metrics), primary=SegAdapter.primary_metric,
-             library="mmseg", description=SegAdapter.description)
+    # By name with a lazy factory: `icm tasks` lists these without importing mmseg or torch.
+    # The metadata repeats the adapter's class attributes; tests/test_plugins.py checks they agree.
+    register("seg", Lazy("icm_mmseg.adapter:SegAdapter"), metrics=['mIoU', 'aAcc', 'mAcc'], primary="mIoU",
+             library="mmseg", description="semantic segmentation (mmseg), mIoU")
