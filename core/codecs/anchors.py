@@ -227,9 +227,10 @@ class FFmpegAnchor(Anchor):
 
     def decode_pixels(self, data, width, height):
         pw, ph = width + width % 2, height + height % 2
-        # -max_pixels: ffmpeg refuses a frame larger than the header's before allocating it, so stdout
-        # holds at most one frame of the expected size; the time limit covers the rest
-        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-max_pixels", str(pw * ph),
+        # -max_pixels: ffmpeg refuses a frame larger than the header's before allocating it (the margin
+        # covers the 64-sample alignment of its buffers), so stdout holds at most one frame; the time
+        # limit covers the rest
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-max_pixels", str((pw + 192) * (ph + 192)),
                "-f", self.fmt, "-i", "pipe:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         return yuv420_to_rgb(_run(cmd, data, decode_timeout(pw * ph)), pw, ph)[:height, :width].copy()
 
