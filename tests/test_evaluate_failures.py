@@ -84,9 +84,16 @@ def _dist(root: Path):
 
 
 def _coco_with_a_missing_image(tiny_shapes, tmp_path) -> Path:
-    """A COCO-format dataset config whose instances JSON lists one image that is not on disk."""
+    """A COCO-format dataset config whose instances JSON lists one image that is not on disk and one
+    with transparency (icm refuses to code alpha)."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.full((64, 64, 4), 120, np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
     coco = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
-    coco["images"] = coco["images"][:3] + [{**coco["images"][0], "id": 999, "file_name": "gone.png"}]
+    coco["images"] = coco["images"][:3] + [{**coco["images"][0], "id": 999, "file_name": "gone.png"},
+                                           {**coco["images"][0], "id": 998, "file_name": str(tmp_path / "clear.png")}]
     (tmp_path / "instances.json").write_text(json.dumps(coco))
     config = tmp_path / "missing.json"
     config.write_text(json.dumps({"images_dir": str(tiny_shapes / "val" / "images"), "instances": "instances.json"}))
@@ -101,9 +108,10 @@ def test_cli_failures_go_to_stderr_with_a_count_and_strict_exits_1(tiny_shapes, 
     assert proc.returncode == 0, proc.stderr
     assert "icm: failure" not in proc.stdout and "Traceback" not in proc.stderr
     assert "icm: failure: image 999 (load)" in proc.stderr and "icm: failure: task broken" in proc.stderr
-    assert "icm: 2 failure(s): 1 image(s) skipped" in proc.stderr and "tasks affected: broken" in proc.stderr
+    assert "icm: failure: image 998 (load)" in proc.stderr and "transparency" in proc.stderr
+    assert "icm: 3 failure(s): 2 image(s) skipped" in proc.stderr and "tasks affected: broken" in proc.stderr
     strict = run_icm(*args, "--strict", "--out", tmp_path / "o", env=env)
-    assert strict.returncode == 1 and "icm: 2 failure(s)" in strict.stderr
+    assert strict.returncode == 1 and "icm: 3 failure(s)" in strict.stderr
     assert json.loads((tmp_path / "o" / "results.json").read_text())["metrics"]["colour"]  # outputs still written
 
 

@@ -164,11 +164,14 @@ class Engine:
         return out
 
     def fail(self, failure: dict) -> None:
-        """Record a failure and say so on stderr at once (the count comes at the end of the run)."""
+        """Record a failure and say so on stderr at once (the count comes at the end of the run). Only
+        rank 0 prints: the other ranks' output may not be shown (``--workers``), so rank 0 prints
+        their failures when it gathers them."""
         self.counters.failures.append(failure)
-        from tqdm import tqdm
+        if self.rank == 0:
+            from tqdm import tqdm
 
-        tqdm.write(f"icm: failure: {describe(failure)}", file=sys.stderr)
+            tqdm.write(f"icm: failure: {describe(failure)}", file=sys.stderr)
 
     # -- per point --------------------------------------------------------------------------------
     def _code(self, codec: Codec, point: Point, image: np.ndarray, ikey: str):
@@ -309,6 +312,9 @@ class Engine:
         gathered = gather({"records": records, "predictions": predictions, "counters": self.counters.__dict__}, world)
         if rank != 0:
             return {}
+        for g in gathered[1:]:
+            for f in g["counters"]["failures"]:
+                print(f"icm: failure: {describe(f)}", file=sys.stderr)
         all_records = [r for g in gathered for r in g["records"]]
         all_preds = {t: {} for t in adapters}
         for g in gathered:
