@@ -85,3 +85,29 @@ def test_pseudo_ground_truth_and_jpeg_degradation(adapter, val):
     # quality 5 flips about a quarter of the predictions on these images; a wide margin either way
     assert lossy["top1"] < clean["top1"]
     assert lossy_pseudo["top1"] < 1.0
+
+
+def test_classes_are_matched_by_name_not_by_label_index(adapter, val, tmp_path):
+    """Labels written in another class order score the same; renamed classes are refused in one line
+    naming both lists, unless mapped (issue 9)."""
+    import dataclasses
+
+    from icm.errors import UserError
+
+    dataset, records, pixels = val
+    names = list(dataset.meta["classification_classes"])
+    order = names[::-1]
+    lines = []
+    for line in dataset.annotations["classification"].read_text().splitlines():
+        rel, label = line.rsplit(maxsplit=1)
+        lines.append(f"{rel} {order.index(names[int(label)])}")
+    (tmp_path / "labels.txt").write_text("\n".join(lines) + "\n")
+    permuted = dataclasses.replace(dataset, annotations={**dataset.annotations, "classification": tmp_path / "labels.txt"},
+                                   meta={**dataset.meta, "classification_classes": order})
+    a = get_plugins().tasks.get("cls")(device="cpu")
+    a.bind(permuted).check()
+    assert score(a, pixels, records)[0]["top1"] == score(adapter, pixels, records)[0]["top1"]
+    renamed = dataclasses.replace(dataset, meta={**dataset.meta, "classification_classes": [n.title() for n in names]})
+    with pytest.raises(UserError) as exc:
+        a.bind(renamed).check()
+    assert "\n" not in str(exc.value) and "[disc, square" in str(exc.value) and "[Disc, Square" in str(exc.value)

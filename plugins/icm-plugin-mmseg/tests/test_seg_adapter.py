@@ -107,3 +107,32 @@ def test_missing_semantic_annotations_are_a_user_error(adapter, val, pixels):
     with pytest.raises(UserError, match="no semantic annotations"):
         ev = seg.evaluator()
         ev.process(seg.predict(batch), batch.samples)
+
+
+def test_classes_are_matched_by_name_not_by_label_value(adapter, val, pixels, tmp_path):
+    """A dataset whose label values follow another class order scores the same; renamed classes are
+    refused in one line naming both lists, unless mapped (issue 9)."""
+    from PIL import Image
+
+    records = val.images[:N]
+    names = list(val.meta["semantic_classes"])
+    order = names[::-1]  # the same classes, label values in reverse order
+    lut = np.full(256, 255, np.uint8)
+    lut[: len(names)] = [order.index(n) for n in names]
+    for r in records:
+        src = val.semantic_path(r)
+        dst = tmp_path / src.relative_to(val.annotations["semantic_dir"])
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(lut[np.asarray(Image.open(src))]).save(dst)
+    permuted = dataclasses.replace(val, annotations={**val.annotations, "semantic_dir": tmp_path},
+                                   meta={**val.meta, "semantic_classes": order})
+    a = get_plugins().tasks.get("seg")()
+    a.bind(permuted).check()
+    assert score(a, pixels, records)["mIoU"] == pytest.approx(score(adapter, pixels, records)["mIoU"], abs=1e-6)
+    renamed = dataclasses.replace(val, meta={**val.meta, "semantic_classes": [n.upper() for n in names]})
+    with pytest.raises(UserError) as exc:
+        a.bind(renamed).check()
+    assert "\n" not in str(exc.value) and "[wall, ground, disc" in str(exc.value) and "[WALL, GROUND" in str(exc.value)
+    a.class_map = {n: n.upper() for n in names}
+    a.bind(renamed).check()
+    a.bind(val)
