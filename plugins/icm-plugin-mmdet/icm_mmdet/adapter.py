@@ -239,7 +239,7 @@ class CocoEvaluator(Evaluator):
         self.metric.dataset_meta = {"classes": tuple(classes)}
         self.metric.cat_ids = cat_ids  # label index -> category id exactly, not via a name lookup
         self.ids: list[int] = []
-        self.kept = 0  # predictions that reached the metric
+        self.kept = self.dropped = 0  # predictions that reached the metric / of classes the dataset lacks
 
     @staticmethod
     def _pseudo_json(adapter, pseudo, thr):
@@ -279,12 +279,15 @@ class CocoEvaluator(Evaluator):
             data.append({"img_id": s["id"], "ori_shape": (s["height"], s["width"]), "pred_instances": pred})
             self.ids.append(s["id"])
             self.kept += int(keep.sum())
+            self.dropped += int((~keep).sum())
         self.metric.process({}, data)
 
     def compute(self):
         names = self.adapter.metrics
         if not self.kept:  # CocoMetric would return no metrics at all here
-            return {**{k: 0.0 for k in names}, "note": "no predictions at this point: scored 0"}
+            why = f"only predictions of classes the dataset does not have ({self.dropped})" if self.dropped \
+                else "no predictions"
+            return {**{k: 0.0 for k in names}, "note": f"{why} at this point: scored 0"}
         self.metric.img_ids = sorted(set(self.ids))
         with openmmlab.quiet():
             res = self.metric.compute_metrics(self.metric.results)
