@@ -126,3 +126,17 @@ def test_cli_a_config_without_checkpoint_needs_weights_random(tiny_shapes, tmp_p
     proc = run_icm(*args, "--weights", "random", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "o" / "results.json").read_text())["experiment"]["tasks"][0]["weights"] == "random"
+
+
+def test_experiment_file_keys_for_weights_class_map_and_strict(tmp_path):
+    from icm.errors import UserError
+    from icm.evaluation.config import load_experiment
+
+    path = tmp_path / "exp.toml"
+    path.write_text('tasks = [{name = "det", config = "r.py", weights = "random"}]\nstrict = true\n'
+                    'class_map = {person = "disk", car = "bar"}\n')
+    exp = load_experiment(path)
+    assert exp.tasks[0].weights == "random" and exp.strict and exp.class_map == {"person": "disk", "car": "bar"}
+    path.write_text('class_map = ["person"]\n')
+    with pytest.raises(UserError, match="class_map must be a table"):
+        load_experiment(path)
