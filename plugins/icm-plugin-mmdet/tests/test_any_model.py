@@ -164,3 +164,10 @@ def test_tasks_the_model_cannot_do_are_refused_in_one_line(retinanet, dataset):
         PanopticAdapter(*retinanet, device="cpu").bind(dataset).check(label_free=True)
     with pytest.raises(UserError, match="no COCO panoptic annotations"):
         PanopticAdapter().bind(dataset).check()
+
+
+def test_class_names_from_the_checkpoint_meta_come_first(retinanet, tmp_path):
+    """An mmengine checkpoint's meta.dataset_meta names the classes, ahead of the config's metainfo."""
+    config, _ = retinanet
+    ckpt = coco3.random_checkpoint(config, tmp_path / "meta.pth", meta={"dataset_meta": {"classes": ("ring", "bar", "disk")}})
+    assert DetAdapter(config, ckpt, device="cpu").model_classes == ["ring", "bar", "disk"]
