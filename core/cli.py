@@ -255,7 +255,9 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
-        cli.main(args=argv, prog_name="icm", standalone_mode=False)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        # obj carries the arguments so a command can start copies of itself (icm evaluate --workers)
+        cli.main(args=argv, prog_name="icm", standalone_mode=False, obj={"argv": argv})
     except click.exceptions.Abort:
         click.echo("icm: aborted", err=True)
         sys.exit(130)

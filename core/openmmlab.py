@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -237,25 +238,49 @@ def normalise(x01: torch.Tensor, cfg) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
+_SHARED_MODELS: "weakref.WeakValueDictionary[tuple, torch.nn.Module]" = weakref.WeakValueDictionary()
+
+
+def shared_forward(adapter, batch, compute):
+    """``compute()`` once per batch for every adapter on the same shared model: the result is kept on
+    the model with the batch it was computed for, and handed out while that same Batch object comes
+    back. Only for inference (no_grad) outputs."""
+    memo = adapter.model.__dict__.setdefault("_icm_forward_memo", {})
+    if memo.get("batch") is not batch:
+        memo.clear()  # a strong reference: the id of a live batch cannot be reused by another one
+        memo.update(batch=batch, out=compute())
+    return memo["out"]
+
+
 class OpenMMLabAdapter:
     """Shared constructor of the OpenMMLab task adapters: any config + checkpoint (path or URL), or
     the shipped config and weights when no config is given; ``train=True`` starts from scratch.
     Subclasses set ``library`` (mmdet, mmseg, mmpose, mmpretrain), ``default_config`` and
-    ``default_weights`` (paths under configs/)."""
+    ``default_weights`` (paths inside the adapter's own package, so they ship in its wheel)."""
 
     library = ""
     default_config = ""
     default_weights = ""
 
     def __init__(self, config=None, checkpoint=None, device=None, train=False):
-        from icm.paths import shipped
+        from icm.paths import package_file
 
         super().__init__()
         if config is None:
-            config = shipped(self.default_config)
-            checkpoint = checkpoint or (None if train else str(shipped(self.default_weights)))
+            package = type(self).__module__.split(".")[0]
+            config = package_file(package, self.default_config)
+            checkpoint = checkpoint or (None if train else str(package_file(package, self.default_weights)))
         self.cfg = load_config(config, self.library)
-        self._model = build_model(self.cfg, self.library, checkpoint, device)
+        # Adapters built from the same config file and checkpoint share one frozen model (det, inst and
+        # panoptic on the shipped PanopticFPN: one load, and one forward per batch, see forward_key).
+        self.forward_key = None if train or isinstance(config, dict) else \
+            (self.library, str(Path(config).resolve()), str(checkpoint), str(device))
+        model = _SHARED_MODELS.get(self.forward_key) if self.forward_key else None
+        if model is None:
+            model = build_model(self.cfg, self.library, checkpoint, device)
+            if self.forward_key:
+                _SHARED_MODELS[self.forward_key] = model
+        self._model = model
         self.device = next(self._model.parameters()).device
 
     @property

@@ -52,6 +52,11 @@ class TaskAdapter(ABC):
     device: torch.device = torch.device("cpu")  # where predict/loss run; adapters set it from their model
     class_map: dict[str, str] = {}  # model class name -> dataset class name (``--class-map``); set by the caller
     label_free_unsupported: str | None = None  # why this task cannot score against pseudo ground truth, if it cannot
+    # Tasks read from one model forward: adapters whose forward_key is equal (and not None) compute their
+    # predictions from one forward per batch. `icm evaluate` calls them back to back on the same Batch
+    # object, and such an adapter may reuse the outputs it computed for that object (det, inst and
+    # panoptic on one PanopticFPN: icm.openmmlab.shared_forward).
+    forward_key: object = None
 
     def __init__(self):
         self.dataset = None

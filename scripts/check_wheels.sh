@@ -45,10 +45,44 @@ if [ ! -f "$BASE/.complete" ]; then
   touch "$BASE/.complete"
 fi
 
-log "2b. a fresh venv outside the checkout; icm and the plugins installed by name, no index"
+log "2b. the wheelhouse gets the declared dependencies the stack venv lacks (read from the wheels' metadata)"
+MISSING=$("$BASE/bin/python" - "$WH" <<'EOF'
+import sys, zipfile
+from importlib import metadata
+from pathlib import Path
+from packaging.requirements import Requirement
+ours = {"icm", "icm-plugin-mmdet", "icm-plugin-mmseg", "icm-plugin-mmpose", "icm-plugin-mmpretrain"}
+missing = set()
+for wheel in Path(sys.argv[1]).glob("*.whl"):
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        for line in z.read(meta).decode().splitlines():
+            if not line.startswith("Requires-Dist:"):
+                continue
+            req = Requirement(line.split(":", 1)[1].strip())
+            if req.name in ours or (req.marker and not req.marker.evaluate({"extra": "learned"})):
+                continue
+            try:
+                if metadata.version(req.name) in req.specifier:
+                    continue
+            except metadata.PackageNotFoundError:
+                pass
+            missing.add(str(req).split(";")[0].strip())
+print(" ".join(sorted(missing)))
+EOF
+)
+log "   downloading: ${MISSING:-nothing}"
+if [ -n "$MISSING" ]; then
+  # shellcheck disable=SC2086
+  "$BASE/bin/python" -m pip download -q --disable-pip-version-check -c "$ROOT/constraints.txt" -d "$WH" $MISSING \
+    2>&1 | grep -v "^WARNING: Location" || true
+fi
+
+log "2c. a fresh venv outside the checkout; icm and the plugins installed by name, no index"
 VENV=$WORK/venv
-python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# --without-pip: pip and setuptools come with the stack (current pip); a venv's own older setuptools
+# would shadow the stack's and fail torch's setuptools>=77 requirement
+python3 -m venv --without-pip "$VENV"
 "$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" | xargs -I{} sh -c \
   "\"$BASE/bin/python\" -c \"import sysconfig; print(sysconfig.get_paths()['purelib'])\" > {}/icm-stack.pth"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --no-index --find-links "$WH" \
@@ -83,8 +117,8 @@ EOF
 "$ICM" data shapes --out data --train 0 --val 4 > /dev/null
 for codec in jpeg webp avif hevc icm-omni icm-hyperprior-mse; do
   case $codec in icm-omni) rate="--rate 0.5";; icm-hyperprior-mse) rate="-q 2";; hevc) rate="-q 32";; *) rate="-q 50";; esac
-  "$ICM" encode data/val/000000.png --codec $codec $rate -o bits/$codec > /dev/null
-  "$ICM" decode bits/$codec/000000.icm -o decoded_$codec.png
+  "$ICM" encode "$(ls data/val/images/*.png | head -n1)" --codec $codec $rate -o bits/$codec > /dev/null
+  "$ICM" decode bits/$codec/*.icm -o decoded_$codec.png
 done
 "$ICM" evaluate --dataset data --limit 3 --out results --no-progress > evaluate.log
 "$VENV/bin/python" - <<'EOF'

@@ -120,7 +120,7 @@ def test_torchrun_two_ranks_match_one_process(tiny_shapes, tmp_path):
     env = _fake_dist(tmp_path)
     args = ["evaluate", "--tasks", "colour", "--dataset", str(tiny_shapes), "--anchors", "jpeg", "--reference", "jpeg",
             "--no-progress"]
-    single = run_icm(*args, "--out", tmp_path / "one", env=env)
+    single = run_icm(*args, "--workers", "1", "--out", tmp_path / "one", env=env)
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
                 "-m", "icm", *args, "--out", str(tmp_path / "two")]
@@ -135,6 +135,40 @@ def test_torchrun_two_ranks_match_one_process(tiny_shapes, tmp_path):
     assert [p["bpp"] for p in two["points"]] == pytest.approx([p["bpp"] for p in one["points"]]) or \
         sorted(p["bpp"] or 0 for p in two["points"]) == pytest.approx(sorted(p["bpp"] or 0 for p in one["points"]))
     assert two["counters"]["encodes"] == one["counters"]["encodes"]
+
+
+def test_worker_processes_give_the_metrics_of_one_process(tiny_shapes, tmp_path):
+    """`--workers 2` (the default on this 2-core machine) starts two one-thread ranks itself; the
+    metrics are the single process's to the last digit, and the stage timing covers both ranks."""
+    env = _fake_dist(tmp_path)
+    args = ["evaluate", "--tasks", "colour,brightness", "--dataset", str(tiny_shapes), "--anchors", "jpeg,hevc",
+            "--reference", "hevc", "--no-progress"]
+    one = run_icm(*args, "--workers", "1", "--out", tmp_path / "one", env=env)
+    two = run_icm(*args, "--workers", "2", "--out", tmp_path / "two", env=env)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    r1, r2 = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two"))
+    assert (r1["world_size"], r2["world_size"]) == (1, 2)
+    assert r2["metrics"] == r1["metrics"] and r2["analysis"] == r1["analysis"]
+    assert r2["counters"]["encodes"] == r1["counters"]["encodes"] > 0
+    assert len(r2["timing"]["rank_wall_seconds"]) == 2 and r2["timing"]["workers"] == 2
+    for stage in ("load/tasks", "encode", "decode", "predict/colour", "score/colour", "report"):
+        assert r2["timing"]["stages"][stage] > 0, stage
+    assert "wall" in two.stdout and "predict/colour" in two.stdout  # the end-of-run stage table
+    bad = run_icm(*args, "--workers", "2", "--tasks", "nope", "--out", tmp_path / "bad", env=env)
+    assert_user_error(bad, "unknown task 'nope'")
+
+
+def test_a_rerun_with_everything_cached_decodes_nothing(toy, tiny_shapes, tmp_path):
+    first = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour",)), progress=False)
+    again = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour",)), progress=False)
+    assert first["counters"]["decodes"] == 48
+    assert (again["counters"]["encodes"], again["counters"]["decodes"], again["counters"]["predictions"]) == (0, 0, 0)
+    assert again["metrics"] == first["metrics"]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert all(p["psnr"] is not None for p in r["points"] if p["codec"] != "original")  # from the quality cache
+    # a new task needs pixels again: decoded once per image and point, not encoded
+    third = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour", "brightness")), progress=False)
+    assert (third["counters"]["encodes"], third["counters"]["decodes"]) == (0, 48)
 
 
 class _FlakyPlugin:

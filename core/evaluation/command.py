@@ -36,9 +36,11 @@ DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse")  # the shipped learned codec
 @click.option("--class-map", "class_map", metavar="MODEL=DATASET,...",
               help="Score these model classes as these dataset classes (classes are matched by name).")
 @click.option("--strict", is_flag=True, help="Exit 1 if any image, prediction or scoring failed (outputs are still written).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes, one thread each (default: every CPU core; 1 on a GPU or under torchrun).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid, reference, dataset, split, limit, out,
-             config_path, label_free, device, weights, class_map, strict, no_progress):
+             config_path, label_free, device, weights, class_map, strict, workers, no_progress):
     """Encode each image once per codec and rate, decode once, and evaluate every task on it."""
     from icm.evaluation.engine import check_weights
     from icm.evaluation.run import evaluate as run
@@ -103,10 +105,22 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
         raise UserError(f"reference {exp.reference!r} is not among the evaluated codecs/anchors")
     for t in exp.tasks:
         check_weights(t)
+    from icm.evaluation.workers import default_workers, launch
+
+    workers = workers or default_workers(exp.device)
+    if workers > 1:  # everything above is checked once, here, before the workers start
+        from icm.datasets import load_dataset
+
+        load_dataset(exp.dataset, exp.split)  # a bad dataset is one error line, not one per worker
+        code = launch(click.get_current_context().find_root().obj["argv"], workers)
+        if code:
+            raise SystemExit(code)
+        return
     summary = run(exp, progress=not no_progress)
     if summary is None:
         return
     _print_summary(summary)
+    _print_timing(summary["timing"])
     failures = summary["counters"]["failures"]
     if failures:
         images = len({f["image_id"] for f in failures if "image_id" in f})
@@ -141,6 +155,12 @@ def _print_summary(summary: dict) -> None:
     console.print(f"{c['encodes']} encodes ({c['bitstream_cache_hits']} cached), {c['decodes']} decodes, "
                   f"{len(c['failures'])} failures; {summary['wall_seconds']:.0f} s; wrote {summary['out']}/results.json, "
                   f"results.csv, plots/, report.html")
+
+
+def _print_timing(timing: dict) -> None:
+    from icm.evaluation.timing import stage_table
+
+    click.echo("\n".join(stage_table(timing["stages"], timing["wall_seconds"], timing["cpu_seconds"], timing["workers"])))
 
 
 def _names(values) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 from icm.bitstream import Bitstream, atomic_write_bytes
 from icm.codecs import Codec, open_codec
 from icm.errors import IcmError, UserError
+from icm.evaluation.timing import Stopwatch
 from icm.evaluation.config import Experiment
 from icm.images import load_image, psnr
 from icm.plugins import get_plugins
@@ -124,11 +125,15 @@ class Engine:
         self.cache = self.out / "cache"
         self.counters = Counters()
         self.rank = 0
+        self.clock = Stopwatch()
+        self._warm: set[str] = set()  # points whose codec has run once (first calls pay one-time set-up)
+        self._bar = None
 
     def codec_points(self) -> list[tuple[Codec | None, Point]]:
         points: list[tuple[Codec | None, Point]] = [(None, Point(ORIGINAL, {}, "none"))]
         for spec in self.exp.codecs:
-            codec = open_codec(spec.name, **spec.options)
+            with self.clock.stage("load/codecs"):
+                codec = open_codec(spec.name, **spec.options)
             reason = codec.unavailable_reason()
             if reason:
                 if spec.anchor and spec.name != self.exp.reference:
@@ -139,7 +144,8 @@ class Engine:
                 for scale in spec.scales:
                     full = {**rate, **({"scale": scale} if scale != 1.0 else {})}
                     checked = codec.check_rate(**full)  # fail before any work on a bad rate
-                    weights = f"v{codec.version}-{codec.weights_hash(checked).hex()}"
+                    with self.clock.stage("load/codecs"):  # a learned codec loads its weights here
+                        weights = f"v{codec.version}-{codec.weights_hash(checked).hex()}"
                     points.append((codec, Point(spec.name, checked, rate_key(checked), weights)))
         return points
 
@@ -151,7 +157,7 @@ class Engine:
             check_weights(spec)
             kwargs = {k: v for k, v in (("config", spec.config), ("checkpoint", spec.checkpoint),
                                          ("device", self.exp.device)) if v}
-            with torch.random.fork_rng():  # random-init weights (--weights random) are the same every run
+            with torch.random.fork_rng(), self.clock.stage("load/tasks"):  # random init: same every run
                 torch.manual_seed(0)
                 adapter = factory(**kwargs)
             adapter.class_map = dict(self.exp.class_map)
@@ -174,30 +180,58 @@ class Engine:
             tqdm.write(f"icm: failure: {describe(failure)}", file=sys.stderr)
 
     # -- per point --------------------------------------------------------------------------------
-    def _code(self, codec: Codec, point: Point, image: np.ndarray, ikey: str):
-        """Encode (or reuse the cached bitstream), decode once; returns decoded pixels and a record."""
-        path = self.cache / "bitstreams" / point.codec / point.key / f"{ikey}.icm"
-        rec = {"encode_ms": None}
-        bs = None
+    def _bitstream(self, codec: Codec, point: Point, image: np.ndarray, path: Path) -> tuple[Bitstream, float | None]:
+        """The cached bitstream when it is one of this codec's, else a new encode; and the encode ms."""
         if path.is_file():
             try:
                 bs = Bitstream.load(path)
-                if bs.weights_hash != codec.weights_hash(point.rate) or bs.codec_version != codec.version:
-                    bs = None  # same name, other weights or codec version: re-encode
-                else:
+                if bs.weights_hash == codec.weights_hash(point.rate) and bs.codec_version == codec.version:
                     self.counters.bitstream_cache_hits += 1
+                    return bs, None
             except IcmError:
-                bs = None  # a damaged cache entry is re-made, not trusted
-        if bs is None:
+                pass  # a damaged cache entry is re-made, not trusted; other weights/version: re-encoded
+        self._warm_up(codec, point, image)
+        with self.clock.stage("encode"):
             t = time.perf_counter()
             bs = codec.to_bitstream(image, **point.rate)
-            rec["encode_ms"] = (time.perf_counter() - t) * 1000
+            ms = (time.perf_counter() - t) * 1000
             bs.save(path)
-            self.counters.encodes += 1
-        t = time.perf_counter()
-        decoded = codec.from_bitstream(bs, source=str(path))
-        rec["decode_ms"] = (time.perf_counter() - t) * 1000
-        self.counters.decodes += 1
+        self.counters.encodes += 1
+        return bs, ms
+
+    def _warm_up(self, codec: Codec, point: Point, image: np.ndarray) -> None:
+        """Run a learned codec once per point before timing it: its first call pays one-time set-up
+        (oneDNN kernels, entropy-coder tables), which is reported as the ``warmup`` stage instead of
+        being charged to the first image."""
+        if codec.kind != "learned" or point.label in self._warm:
+            return
+        self._warm.add(point.label)
+        with self.clock.stage("warmup"):
+            codec.from_bitstream(codec.to_bitstream(image, **point.rate))
+
+    def _code(self, codec: Codec, point: Point, image: np.ndarray, ikey: str, need_pixels: bool):
+        """Encode (or reuse the cached bitstream) and decode once, unless nothing needs the pixels:
+        the quality measures are kept next to the bitstream, so a rerun whose predictions are all
+        cached decodes nothing. Returns the decoded pixels (or None) and the record."""
+        path = self.cache / "bitstreams" / point.codec / point.key / f"{ikey}.icm"
+        bs, encode_ms = self._bitstream(codec, point, image, path)
+        rec = {"encode_ms": encode_ms, "decode_ms": None}
+        quality_file = path.with_name(path.stem + ".quality.json")
+        tag = bs.weights_hash.hex() + "/" + bs.codec_version
+        quality = _read_sidecar(quality_file, tag) if encode_ms is None else None
+        decoded = None
+        if need_pixels or quality is None:
+            self._warm_up(codec, point, image)
+            with self.clock.stage("decode"):
+                t = time.perf_counter()
+                decoded = codec.from_bitstream(bs, source=str(path))
+                rec["decode_ms"] = (time.perf_counter() - t) * 1000
+            self.counters.decodes += 1
+        if quality is None:
+            with self.clock.stage("quality"):
+                quality = {"psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded)}
+            atomic_write_bytes(quality_file, json.dumps({"of": tag, **quality}).encode())
+        rec.update(psnr=quality["psnr"], ms_ssim=quality["ms_ssim"])
         rec["bytes"] = path.stat().st_size
         rec["bpp"] = rec["bytes"] * 8 / bs.pixels
         est = self._estimate_bits(codec, point, image, path, bs) if hasattr(codec, "estimate_bits") else None
@@ -208,50 +242,75 @@ class Engine:
         """The entropy model's estimate, kept next to the cached bitstream (it costs a codec forward)."""
         sidecar = path.with_name(path.stem + ".est.json")
         tag = bs.weights_hash.hex() + "/" + bs.codec_version
-        try:
-            saved = json.loads(sidecar.read_text())
-            if saved["of"] == tag:
-                return float(saved["bits"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        bits = float(codec.estimate_bits(image, point.rate))
+        saved = _read_sidecar(sidecar, tag)
+        if saved is not None:
+            return float(saved["bits"])
+        with self.clock.stage("estimate"):
+            bits = float(codec.estimate_bits(image, point.rate))
         atomic_write_bytes(sidecar, json.dumps({"of": tag, "bits": bits}).encode())
         return bits
 
-    def _predict(self, adapter: TaskAdapter, mkey: str, point: Point, items: list[tuple[dict, np.ndarray, str]]):
-        """Predictions for decoded images, from the cache where present."""
-        folder = self.cache / "predictions" / mkey / point.codec / (point.weights or "-") / point.key
-        preds: dict[int, object] = {}
-        todo = []
-        for sample, decoded, ikey in items:
-            f = folder / f"{ikey}.pkl"
-            if f.is_file():
-                try:  # our own cache files, written by this engine (never user-supplied)
-                    preds[sample["id"]] = pickle.loads(f.read_bytes())
-                    self.counters.prediction_cache_hits += 1
-                    continue
-                except Exception:
-                    pass
-            todo.append((sample, decoded, ikey))
-        for i in range(0, len(todo), self.exp.batch_size):
-            chunk = todo[i:i + self.exp.batch_size]
+    def _prediction_file(self, mkey: str, point: Point, ikey: str) -> Path:
+        return self.cache / "predictions" / mkey / point.codec / (point.weights or "-") / point.key / f"{ikey}.pkl"
+
+    def _cached_prediction(self, mkey: str, point: Point, ikey: str):
+        f = self._prediction_file(mkey, point, ikey)
+        if f.is_file():
+            try:  # our own cache files, written by this engine (never user-supplied)
+                return True, pickle.loads(f.read_bytes())
+            except Exception:
+                pass
+        return False, None
+
+    def _predict_point(self, adapters: dict[str, TaskAdapter], mkeys: dict[str, str], point: Point,
+                       items: list[tuple[dict, np.ndarray, str]], todo: dict[str, set]) -> dict[str, dict]:
+        """Run every task on the decoded images it has no cached prediction for. One Batch object per
+        group of equal-sized images serves every task that needs all of them, so tasks declaring the
+        same ``forward_key`` compute one forward; a task that fails is recorded and the others go on."""
+        preds: dict[str, dict] = {t: {} for t in adapters}
+        failed: set[str] = set()
+        order = sorted(adapters, key=lambda t: str(adapters[t].forward_key))  # sharers back to back
+        for i in range(0, len(items), self.exp.batch_size):
             groups: dict[tuple, list] = {}
-            for item in chunk:  # a batch needs one image size
+            for item in items[i:i + self.exp.batch_size]:  # a batch needs one image size
                 groups.setdefault(item[1].shape, []).append(item)
             for group in groups.values():
-                x = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in group]).float().div(255)
-                batch = Batch(x.to(adapter.device), [s for s, _, _ in group])
-                with torch.no_grad():
-                    out = adapter.predict(batch)
-                for (sample, _, ikey), p in zip(group, out):
-                    atomic_write_bytes(folder / f"{ikey}.pkl", pickle.dumps(p))
-                    preds[sample["id"]] = p
-                    self.counters.predictions += 1
+                pixels = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in group]).float().div(255)
+                shared: dict[torch.device, Batch] = {}
+                for task in order:
+                    adapter = adapters[task]
+                    mine = [it for it in group if it[2] in todo[task]]
+                    if not mine or task in failed:
+                        continue
+                    if len(mine) == len(group):
+                        batch = shared.setdefault(adapter.device, Batch(pixels.to(adapter.device), [s for s, _, _ in group]))
+                    else:
+                        x = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in mine]).float().div(255)
+                        batch = Batch(x.to(adapter.device), [s for s, _, _ in mine])
+                    try:
+                        with self.clock.stage(f"predict/{task}"), torch.no_grad():
+                            out = adapter.predict(batch)
+                    except Exception as exc:  # one task's bug or refusal must not cost the other tasks' work
+                        self.fail({"task": task, "point": point.label, "stage": "predict", "error": error_text(exc)})
+                        failed.add(task)
+                        continue
+                    for (sample, _, ikey), p in zip(mine, out):
+                        atomic_write_bytes(self._prediction_file(mkeys[task], point, ikey), pickle.dumps(p))
+                        preds[task][sample["id"]] = p
+                        self.counters.predictions += 1
+                    self._tick(len(mine))
+        for task in failed:  # what a failed task did not predict is done too, as far as the bar goes
+            self._tick(len(todo[task]) - len(preds[task]))
         return preds
+
+    def _tick(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
 
     def run(self, dataset) -> dict:
         rank, world = dist_setup()
         self.rank = rank
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         images = dataset.images[: self.exp.limit] if self.exp.limit else dataset.images
         if not images:
             raise UserError(f"dataset {dataset.name!r} has no images")
@@ -265,57 +324,75 @@ class Engine:
         if rank == 0:  # everything is checked: from here on a failed run must not leave old results looking current
             set_aside_previous(self.out)
         originals = {}
-        for s in shard:
-            try:
-                img = load_image(s["file_name"])
-                originals[s["id"]] = (img, image_key(img))
-            except UserError as exc:
-                self.fail({"image_id": s["id"], "stage": "load", "error": str(exc)})
+        with self.clock.stage("load/images"):
+            for s in shard:
+                try:
+                    img = load_image(s["file_name"])
+                    originals[s["id"]] = (img, image_key(img))
+                except UserError as exc:
+                    self.fail({"image_id": s["id"], "stage": "load", "error": str(exc)})
 
         records, predictions = [], {t: {} for t in adapters}
         from tqdm import tqdm
 
-        total = len(points) * len(shard)
-        bar = tqdm(total=total, desc=f"encode/decode/predict (rank {rank})", disable=not self.progress or rank != 0)
+        # the bar counts all the work of this rank: one codec step and one prediction per task, per image
+        # and point (cached ones tick at once), so its rate and ETA cover predictions too
+        total = len(points) * len(shard) * (1 + len(adapters))
+        self._bar = tqdm(total=total, desc="evaluate" + (f" (rank 0 of {world})" if world > 1 else ""),
+                         unit="step", disable=not self.progress or rank != 0)
         for codec, point in points:
-            items = []
+            items, todo = [], {t: set() for t in adapters}
             for s in shard:
                 if s["id"] not in originals:
-                    bar.update(1)
+                    self._tick(1 + len(adapters))
                     continue
                 img, ikey = originals[s["id"]]
+                missing = []
+                for task in adapters:
+                    hit, p = self._cached_prediction(mkeys[task], point, ikey)
+                    if hit:
+                        predictions[task].setdefault(point.label, {})[s["id"]] = p
+                        self.counters.prediction_cache_hits += 1
+                        self._tick()
+                    else:
+                        missing.append(task)
                 try:
                     if codec is None:
-                        decoded, rec = img, {"bytes": None, "bpp": None, "est_bpp": None, "encode_ms": None, "decode_ms": None}
+                        decoded, rec = img, {"bytes": None, "bpp": None, "est_bpp": None, "encode_ms": None,
+                                             "decode_ms": None, "psnr": None, "ms_ssim": None}
                     else:
-                        decoded, rec = self._code(codec, point, img, ikey)
+                        decoded, rec = self._code(codec, point, img, ikey, need_pixels=bool(missing))
                 except IcmError as exc:
                     self.fail({"image_id": s["id"], "point": point.label, "error": str(exc)})
-                    bar.update(1)
+                    self._tick(1 + len(missing))
                     continue
                 rec.update({"codec": point.codec, "rate": point.rate, "rate_key": point.key, "image_id": s["id"],
-                            "pixels": img.shape[0] * img.shape[1],
-                            "psnr": psnr(img, decoded) if codec else None,
-                            "ms_ssim": ms_ssim(img, decoded) if codec else None})
+                            "pixels": img.shape[0] * img.shape[1]})
                 records.append(rec)
-                items.append((s, decoded, ikey))
-                bar.update(1)
-            for task, adapter in adapters.items():
-                try:
-                    got = self._predict(adapter, mkeys[task], point, items)
-                except Exception as exc:  # one task's bug or refusal must not cost the other tasks' work
-                    self.fail({"task": task, "point": point.label, "stage": "predict", "error": error_text(exc)})
-                    continue
+                self._tick()
+                if missing:
+                    items.append((s, decoded, ikey))
+                    for task in missing:
+                        todo[task].add(ikey)
+            for task, got in self._predict_point(adapters, mkeys, point, items, todo).items():
                 predictions[task].setdefault(point.label, {}).update(got)
-        bar.close()
+        self._bar.close()
 
-        gathered = gather({"records": records, "predictions": predictions, "counters": self.counters.__dict__}, world)
+        timing = {"stages": dict(self.clock.seconds), "wall": time.perf_counter() - start_wall,
+                  "cpu": time.process_time() - start_cpu}
+        gathered = gather({"records": records, "predictions": predictions, "counters": self.counters.__dict__,
+                           "timing": timing}, world)
         if rank != 0:
             return {}
         for g in gathered[1:]:
             for f in g["counters"]["failures"]:
                 print(f"icm: failure: {describe(f)}", file=sys.stderr)
-        all_records = [r for g in gathered for r in g["records"]]
+        # records in dataset order whatever the sharding, so means sum in one order and any worker
+        # count gives the same figures to the last digit
+        point_pos = {p.label: i for i, (_, p) in enumerate(points)}
+        image_pos = {s["id"]: i for i, s in enumerate(images)}
+        all_records = sorted((r for g in gathered for r in g["records"]),
+                             key=lambda r: (point_pos[f"{r['codec']}@{r['rate_key']}"], image_pos[r["image_id"]]))
         all_preds = {t: {} for t in adapters}
         for g in gathered:
             for t, by_point in g["predictions"].items():
@@ -323,12 +400,18 @@ class Engine:
                     all_preds[t].setdefault(label, {}).update(preds)
         counters = {k: (sum(g["counters"][k] for g in gathered) if k != "failures"
                         else [f for g in gathered for f in g["counters"][k]]) for k in self.counters.__dict__}
+        self.clock.seconds = {}
+        for g in gathered:  # stage seconds summed over ranks
+            self.clock.add(g["timing"]["stages"])
         before = len(self.counters.failures)
         metrics = self.score(dataset, images, adapters, points, all_preds, mkeys)
         counters["failures"] += self.counters.failures[before:]
         return {"records": all_records, "metrics": metrics, "counters": counters, "world_size": world,
                 "points": [{"codec": p.codec, "rate": p.rate, "rate_key": p.key} for _, p in points],
-                "tasks": {t: {"primary": a.primary_metric, "model": mkeys[t]} for t, a in adapters.items()}}
+                "tasks": {t: {"primary": a.primary_metric, "model": mkeys[t]} for t, a in adapters.items()},
+                "timing": {"stages": self.clock.seconds, "workers": world,
+                           "rank_cpu_seconds": [round(g["timing"]["cpu"], 3) for g in gathered],
+                           "rank_wall_seconds": [round(g["timing"]["wall"], 3) for g in gathered]}}
 
     def score(self, dataset, images, adapters, points, all_preds, mkeys) -> dict:
         """Every task's metrics at every point. A task whose scoring fails at a point is recorded as a
@@ -345,9 +428,10 @@ class Engine:
                 if not ids:
                     continue
                 try:
-                    ev = adapter.evaluator(pseudo_ground_truth=pseudo)
-                    ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
-                    m = dict(ev.compute())
+                    with self.clock.stage(f"score/{task}"):
+                        ev = adapter.evaluator(pseudo_ground_truth=pseudo)
+                        ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
+                        m = dict(ev.compute())
                 except Exception as exc:  # reported by name below; the other tasks and points are kept
                     text = error_text(exc)
                     errors.setdefault(text, {"task": task, "stage": "score", "points": [], "error": text})
@@ -363,6 +447,15 @@ class Engine:
                        {"task": task, "primary": adapter.primary_metric, "model": mkeys[task],
                         "metrics": metrics.get(task, {}), "failures": list(errors.values())})
         return metrics
+
+
+def _read_sidecar(path: Path, tag: str) -> dict | None:
+    """A cache sidecar (``.est.json``, ``.quality.json``) if it belongs to this bitstream, else None."""
+    try:
+        saved = json.loads(path.read_text())
+        return saved if isinstance(saved, dict) and saved.get("of") == tag else None
+    except (OSError, ValueError):
+        return None
 
 
 def _is_number(v) -> bool:

@@ -91,22 +91,28 @@ def sample_images(exp: Experiment, result: dict, dataset) -> list[tuple[str, str
 
 def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
     dataset = load_dataset(exp.dataset, exp.split)
-    start = time.time()
-    result = Engine(exp, progress).run(dataset)
+    start, start_cpu = time.time(), time.process_time()
+    engine = Engine(exp, progress)
+    result = engine.run(dataset)
     if not result:  # not rank 0
         return None
-    result["wall_seconds"] = time.time() - start
     result["provenance"] = provenance(exp)
     rows = point_rows(result)
     analysis = analyse(result, rows, exp.reference)
     out = Path(exp.out)
+    with engine.clock.stage("report"):
+        write_csv(out / "results.csv", task_rows(result, rows))
+        write_report(out, analysis, rows, result, sample_images(exp, result, dataset))
+    result["wall_seconds"] = time.time() - start
+    timing = {**result["timing"], "stages": {k: round(v, 3) for k, v in engine.clock.seconds.items()},
+              "wall_seconds": round(result["wall_seconds"], 3),
+              # this process (rank 0, report included) plus the other ranks' engine CPU
+              "cpu_seconds": round(time.process_time() - start_cpu + sum(result["timing"]["rank_cpu_seconds"][1:]), 3)}
     write_json(out / "results.json", {"schema": "icm.results/1", "experiment": dataclasses.asdict(exp),
                                       "counters": result["counters"], "wall_seconds": result["wall_seconds"],
-                                      "world_size": result["world_size"], "tasks": result["tasks"], "points": rows,
-                                      "metrics": result["metrics"], "analysis": analysis,
+                                      "world_size": result["world_size"], "timing": timing, "tasks": result["tasks"],
+                                      "points": rows, "metrics": result["metrics"], "analysis": analysis,
                                       "provenance": result["provenance"]})
-    write_csv(out / "results.csv", task_rows(result, rows))
-    write_report(out, analysis, rows, result, sample_images(exp, result, dataset))
     shutil.rmtree(out / PREVIOUS, ignore_errors=True)  # this run's outputs are all written
     return {"out": str(out), "analysis": analysis, "counters": result["counters"], "wall_seconds": result["wall_seconds"],
-            "metrics": result["metrics"], "strict": exp.strict}
+            "metrics": result["metrics"], "strict": exp.strict, "timing": timing}

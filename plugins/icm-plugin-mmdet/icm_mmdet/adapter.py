@@ -159,6 +159,11 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items() if "loss" in k)
 
     def _instances(self, batch: Batch):
+        """Features, samples and instance results of one no-grad forward, shared by det, inst and
+        panoptic on the same model and batch (``forward_key``)."""
+        return openmmlab.shared_forward(self, batch, lambda: self._instances_forward(batch))
+
+    def _instances_forward(self, batch: Batch):
         with torch.no_grad(), openmmlab.scope("mmdet"):
             inputs = self._inputs(batch.images)
             samples = self._data_samples(batch, tuple(inputs.shape[-2:]), with_gt=False)
