@@ -347,13 +347,20 @@ class Worker:
         self.timeout = timeout
         self.proc = None
         self.restarts = 0
+        self.warmup: dict | None = None  # the last "bases" request: replayed after a restart
 
     def _start(self):
         self.proc = subprocess.Popen([sys.executable, "-W", "ignore", __file__, "worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env, text=True)
 
     def request(self, req: dict, timeout: float | None = None) -> dict:
-        """The worker's answer, or {"outcome": "crash"/"hang", ...} when it died or did not answer."""
+        """The worker's answer, or {"outcome": "crash"/"hang", ...} when it died or did not answer.
+        A restarted worker first rebuilds its models (the last "bases" request), so a case's time
+        limit never includes the restart."""
+        if req.get("op") == "bases":
+            self.warmup = req
+        elif (self.proc is None or self.proc.poll() is not None) and self.warmup:
+            self.request(self.warmup, timeout=600)
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         t0 = time.perf_counter()
