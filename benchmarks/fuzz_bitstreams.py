@@ -56,8 +56,9 @@ def main() -> int:
         worker.close()
     total = time.perf_counter() - t0
     print(f"\n{report.count} cases in {total:.0f} s ({report.count / total:.0f}/s); worker restarts {worker.restarts}")
-    print(f"peak RSS during a decode: {report.peak_kb / 1024:.0f} MB (a decode added at most "
-          f"{report.peak_growth_kb / 1024:.0f} MB to the worker's resident memory)")
+    print(f"peak RSS during a decode: {report.peak_kb / 1024:.0f} MB; a decode added at most "
+          f"{report.peak_growth_kb / 1024:.0f} MB to the worker's resident memory, which was at most "
+          f"{report.baseline_kb / 1024:.0f} MB before a decode (torch, the plugins, the codec's models)")
     s = report.slowest
     if "codec" in s:
         print(f"slowest refusal: {s['seconds'] * 1000:.0f} ms, {s['codec']} {s['kind']} ({s['detail']}): {s['message']}")

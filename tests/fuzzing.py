@@ -436,6 +436,7 @@ class Report:
         self.slowest = {"seconds": 0.0}
         self.peak_kb = 0
         self.peak_growth_kb = 0
+        self.baseline_kb = 0  # the worker's resident set before a decode: torch, plugins, the codec's models
         self.count = 0
 
     def add(self, codec: str, case: dict, answer: dict) -> str:
@@ -445,6 +446,7 @@ class Report:
         self.codecs[codec][verdict] += 1
         self.peak_kb = max(self.peak_kb, answer.get("peak_kb", 0))
         self.peak_growth_kb = max(self.peak_growth_kb, answer.get("peak_kb", 0) - answer.get("rss_before_kb", 0))
+        self.baseline_kb = max(self.baseline_kb, answer.get("rss_before_kb", 0))
         if answer["outcome"] == "refused" and answer["seconds"] > self.slowest["seconds"]:
             self.slowest = {"seconds": answer["seconds"], "codec": codec, "kind": case["kind"],
                             "detail": case["detail"], "message": answer["message"][:160]}
