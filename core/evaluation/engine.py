@@ -382,6 +382,12 @@ class Engine:
                   "cpu": time.process_time() - start_cpu}
         gathered = gather({"records": records, "predictions": predictions, "counters": self.counters.__dict__,
                            "timing": timing}, world)
+        all_preds = {t: {} for t in adapters}  # every rank has everything: the scoring is shared out
+        for g in gathered:
+            for t, by_point in g["predictions"].items():
+                for label, preds in by_point.items():
+                    all_preds[t].setdefault(label, {}).update(preds)
+        scored, score_seconds = self.score(dataset, images, adapters, points, all_preds, rank, world)
         if rank != 0:
             return {}
         for g in gathered[1:]:
@@ -393,18 +399,14 @@ class Engine:
         image_pos = {s["id"]: i for i, s in enumerate(images)}
         all_records = sorted((r for g in gathered for r in g["records"]),
                              key=lambda r: (point_pos[f"{r['codec']}@{r['rate_key']}"], image_pos[r["image_id"]]))
-        all_preds = {t: {} for t in adapters}
-        for g in gathered:
-            for t, by_point in g["predictions"].items():
-                for label, preds in by_point.items():
-                    all_preds[t].setdefault(label, {}).update(preds)
         counters = {k: (sum(g["counters"][k] for g in gathered) if k != "failures"
                         else [f for g in gathered for f in g["counters"][k]]) for k in self.counters.__dict__}
         self.clock.seconds = {}
         for g in gathered:  # stage seconds summed over ranks
             self.clock.add(g["timing"]["stages"])
+        self.clock.add(score_seconds)
         before = len(self.counters.failures)
-        metrics = self.score(dataset, images, adapters, points, all_preds, mkeys)
+        metrics = self.collect_metrics(adapters, points, scored, mkeys)
         counters["failures"] += self.counters.failures[before:]
         return {"records": all_records, "metrics": metrics, "counters": counters, "world_size": world,
                 "points": [{"codec": p.codec, "rate": p.rate, "rate_key": p.key} for _, p in points],
@@ -413,34 +415,52 @@ class Engine:
                            "rank_cpu_seconds": [round(g["timing"]["cpu"], 3) for g in gathered],
                            "rank_wall_seconds": [round(g["timing"]["wall"], 3) for g in gathered]}}
 
-    def score(self, dataset, images, adapters, points, all_preds, mkeys) -> dict:
-        """Every task's metrics at every point. A task whose scoring fails at a point is recorded as a
-        failure and the rest goes on; each task's metrics are written to ``OUT/metrics/<task>.json`` as
-        soon as they are computed, so a later failure loses nothing finished."""
+    def score(self, dataset, images, adapters, points, all_preds, rank: int, world: int):
+        """Run the evaluators. Each (task, point) is one job and the ranks share the jobs out (every rank
+        has all predictions after the gather); rank 0 gets every outcome back, with the seconds spent."""
         by_id = {s["id"]: s for s in images}
+        jobs = [(task, point) for task in adapters for _, point in points if all_preds[task].get(point.label)]
+        outcomes = {}
+        before = dict(self.clock.seconds)
+        for task, point in jobs[rank::world]:
+            adapter, preds = adapters[task], all_preds[task][point.label]
+            pseudo = all_preds[task].get(f"{ORIGINAL}@none") if self.exp.label_free else None
+            ids = sorted(preds)
+            try:
+                with self.clock.stage(f"score/{task}"):
+                    ev = adapter.evaluator(pseudo_ground_truth=pseudo)
+                    ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
+                    outcomes[(task, point.label)] = ("ok", {**dict(ev.compute()), "images": len(ids)})
+            except Exception as exc:  # reported by name; the other tasks and points are kept
+                outcomes[(task, point.label)] = ("error", error_text(exc))
+        spent = {k: v - before.get(k, 0.0) for k, v in self.clock.seconds.items() if k.startswith("score/")}
+        gathered = gather({"outcomes": outcomes, "seconds": spent}, world)
+        merged, seconds = {}, Stopwatch()
+        for g in gathered:
+            merged.update(g["outcomes"])
+            seconds.add(g["seconds"])
+        return merged, seconds.seconds
+
+    def collect_metrics(self, adapters, points, scored: dict, mkeys: dict) -> dict:
+        """Every task's metrics at every point, from the evaluators' outcomes. A task whose scoring
+        fails at a point is recorded as a failure and the rest goes on; each task's metrics are
+        written to ``OUT/metrics/<task>.json`` as soon as they are collected."""
         metrics: dict[str, dict[str, dict]] = {}
         for task, adapter in adapters.items():
-            pseudo = all_preds[task].get(f"{ORIGINAL}@none") if self.exp.label_free else None
             errors: dict[str, dict] = {}  # one failure record per distinct error, listing its points
             for _, point in points:
-                preds = all_preds[task].get(point.label, {})
-                ids = sorted(preds)
-                if not ids:
+                if (task, point.label) not in scored:
                     continue
-                try:
-                    with self.clock.stage(f"score/{task}"):
-                        ev = adapter.evaluator(pseudo_ground_truth=pseudo)
-                        ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
-                        m = dict(ev.compute())
-                except Exception as exc:  # reported by name below; the other tasks and points are kept
-                    text = error_text(exc)
-                    errors.setdefault(text, {"task": task, "stage": "score", "points": [], "error": text})
-                    errors[text]["points"].append(point.label)
+                kind, value = scored[(task, point.label)]
+                if kind == "error":
+                    errors.setdefault(value, {"task": task, "stage": "score", "points": [], "error": value})
+                    errors[value]["points"].append(point.label)
                     continue
+                m = dict(value)
                 if not _is_number(m.get(adapter.primary_metric)):  # the primary metric exists at every point
                     m.setdefault("note", f"{adapter.primary_metric} not computable at this point")
                     m[adapter.primary_metric] = None
-                metrics.setdefault(task, {})[point.label] = {**m, "images": len(ids)}
+                metrics.setdefault(task, {})[point.label] = m
             for failure in errors.values():
                 self.fail(failure)
             write_json(self.out / "metrics" / f"{task}.json",
