@@ -380,8 +380,8 @@ class ICMCodec(Codec):
             return None
         if self.checkpoint is not None:
             return f"checkpoint {path}: no such file"
-        return (f"no weights at {path}: train ICMNet (see docs/icm_codec.md) and save its state_dict "
-                f"there, or pass --checkpoint FILE, or --weights random for untrained weights")
+        return (f"no weights at {path} (reinstall icm to get the shipped ones), or pass --checkpoint FILE, "
+                f"or --weights random for untrained weights")
 
     @property
     def net(self) -> ICMNet:

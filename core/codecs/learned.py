@@ -16,17 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from icm.codecs import Codec, RateControl, entropy_guard
+from icm.codecs.architectures import ARCHITECTURES
 from icm.errors import BitstreamError, UserError
 
-ARCHITECTURES = {  # name -> (qualities, total downsampling of the last latent the decoder needs)
-    "bmshj2018-factorized": (8, 16),
-    "bmshj2018-hyperprior": (8, 64),
-    "mbt2018-mean": (8, 64),
-    "mbt2018": (8, 64),
-    "cheng2020-anchor": (6, 64),
-    "cheng2020-attn": (6, 64),
-}
-PAD_TO = 64  # every architecture above needs sizes divisible by 64 (two stride-4 stages)
+PAD_TO = 64  # every architecture in ARCHITECTURES needs sizes divisible by 64 (two stride-4 stages)
 
 
 def default_device() -> torch.device:
@@ -220,7 +213,7 @@ class ShippedCompressAICodec(CompressAICodec):
 
     def unavailable_reason(self):
         missing = [q for q in range(1, self.rate_control.values[1] + 1) if not (self.folder / f"quality{q}.pth").is_file()]
-        return f"no weights in {self.folder} for qualities {missing} (run scripts/train_mse_codec.py)" if missing else None
+        return f"no weights in {self.folder} for qualities {missing} (reinstall icm, or pass --checkpoint FOLDER)" if missing else None
 
     def _build(self, quality: int) -> torch.nn.Module:
         from compressai.zoo import image as zoo
