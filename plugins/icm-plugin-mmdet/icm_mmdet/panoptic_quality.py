@@ -50,11 +50,18 @@ class PQStat:
         """Ids: int maps where 0 is VOID; labels: {segment id: class}; ``crowd``: the GT ids that are crowd,
         in ``segments_info`` order; ``gt_area``: {GT id: area} from the JSON, else pixel counts.
         GT ids without a label (a PNG id missing from segments_info) are kept, as panopticapi does."""
-        pairs, counts = np.unique(np.stack([gt_ids.ravel(), pred_ids.ravel()]), axis=1, return_counts=True)
-        inter = {(int(g), int(p)): int(c) for (g, p), c in zip(pairs.T, counts)}
-        area = {int(i): int(c) for i, c in zip(*np.unique(gt_ids, return_counts=True))}
+        # (gt, pred) pairs as one int64 key: a 1-D unique is ~10x faster than np.unique(axis=1) here
+        g, p = gt_ids.ravel().astype(np.int64), pred_ids.ravel().astype(np.int64)
+        span = int(p.max(initial=0)) + 1
+        keys, counts = np.unique(g * span + p, return_counts=True)
+        inter = {(int(k // span), int(k % span)): int(c) for k, c in zip(keys, counts)}
+        area: dict[int, int] = defaultdict(int)
+        pred_area: dict[int, int] = defaultdict(int)
+        for (gi, pi), c in inter.items():  # pixel counts per segment, from the pair counts
+            area[gi] += c
+            pred_area[pi] += c
+        area, pred_area = dict(area), dict(pred_area)
         area.update(gt_area or {})
-        pred_area = {int(i): int(c) for i, c in zip(*np.unique(pred_ids, return_counts=True))}
         crowd_ids = set(crowd)
         crowd_of = {gt_labels[c]: c for c in crowd}  # panopticapi: one (the last) crowd region per class
         matched_gt, matched_pred = set(), set()
