@@ -49,8 +49,11 @@ def icm_register_plugin(icm_plugins):
 
 
 @pytest.fixture
-def icm_cli(icm_plugins, capsys):
+def icm_cli(icm_plugins, capsys, monkeypatch):
     from icm.cli import main
+
+    # one process: `icm evaluate`'s worker processes would not see the fixture's plugin set
+    monkeypatch.setenv("ICM_WORKERS", "1")
 
     def run(*args) -> CliResult:
         capsys.readouterr()

@@ -19,9 +19,17 @@ import time
 
 
 def default_workers(device: str | None) -> int:
-    """All usable cores on a CPU run; one process on a GPU (or under torchrun, which already shards)."""
-    if os.environ.get("WORLD_SIZE") or os.environ.get("ICM_WORKER"):
+    """``$ICM_WORKERS`` when set; else all usable cores on a CPU run, and one process on a GPU or
+    under torchrun (which already shards)."""
+    if os.environ.get("WORLD_SIZE"):
         return 1
+    if os.environ.get("ICM_WORKERS"):
+        try:
+            return max(1, int(os.environ["ICM_WORKERS"]))
+        except ValueError:
+            from icm.errors import UserError
+
+            raise UserError(f"ICM_WORKERS={os.environ['ICM_WORKERS']!r} is not a whole number") from None
     import torch
 
     if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
@@ -41,7 +49,7 @@ def _free_port() -> int:
 def launch(argv: list[str], workers: int) -> int:
     """Run ``icm <argv> --workers 1`` as ``workers`` ranks; returns the exit code to use."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(workers),
-           "LOCAL_WORLD_SIZE": str(workers), "OMP_NUM_THREADS": "1", "ICM_WORKER": "1"}
+           "LOCAL_WORLD_SIZE": str(workers), "OMP_NUM_THREADS": "1", "ICM_WORKERS": "1"}
     cmd = [sys.executable, "-m", "icm", *argv, "--workers", "1"]
     logs, procs = [], []
     try:
