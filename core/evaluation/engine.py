@@ -276,18 +276,18 @@ class Engine:
             for item in items[i:i + self.exp.batch_size]:  # a batch needs one image size
                 groups.setdefault(item[1].shape, []).append(item)
             for group in groups.values():
-                pixels = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in group]).float().div(255)
                 shared: dict[torch.device, Batch] = {}
                 for task in order:
                     adapter = adapters[task]
                     mine = [it for it in group if it[2] in todo[task]]
                     if not mine or task in failed:
                         continue
-                    if len(mine) == len(group):
-                        batch = shared.setdefault(adapter.device, Batch(pixels.to(adapter.device), [s for s, _, _ in group]))
+                    if len(mine) < len(group):
+                        batch = _batch(mine, adapter.device)
+                    elif adapter.device in shared:
+                        batch = shared[adapter.device]
                     else:
-                        x = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in mine]).float().div(255)
-                        batch = Batch(x.to(adapter.device), [s for s, _, _ in mine])
+                        batch = shared[adapter.device] = _batch(group, adapter.device)
                     try:
                         with self.clock.stage(f"predict/{task}"), torch.no_grad():
                             out = adapter.predict(batch)
@@ -468,6 +468,12 @@ class Engine:
                        {"task": task, "primary": adapter.primary_metric, "model": mkeys[task],
                         "metrics": metrics.get(task, {}), "failures": list(errors.values())})
         return metrics
+
+
+def _batch(items: list[tuple[dict, np.ndarray, str]], device) -> Batch:
+    """(sample, decoded HxWx3 uint8, key) items of one size -> a Batch of [0, 1] pixels on ``device``."""
+    x = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in items]).float().div(255)
+    return Batch(x.to(device), [s for s, _, _ in items])
 
 
 def _read_sidecar(path: Path, tag: str) -> dict | None:
