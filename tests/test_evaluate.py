@@ -57,8 +57,9 @@ def test_entropy_estimate_is_cached_with_the_bitstream(toy, tiny_shapes, tmp_pat
                    if p["codec"] == "icm-omni"]
     first = est()
     calls = []
-    real = ICMCodec.estimate_bits
-    monkeypatch.setattr(ICMCodec, "estimate_bits", lambda self, *a: calls.append(1) or real(self, *a))
+    real = ICMCodec.estimate_bits_batch
+    monkeypatch.setattr(ICMCodec, "estimate_bits_batch", lambda self, images, rate: calls.append(len(images))
+                        or real(self, images, rate))
     again = evaluate(exp(), progress=False)
     assert calls == [] and again["counters"]["encodes"] == 0
     assert est() == first and first[0] > 0
@@ -66,7 +67,7 @@ def test_entropy_estimate_is_cached_with_the_bitstream(toy, tiny_shapes, tmp_pat
     sidecar = next((tmp_path / "cache" / "bitstreams" / "icm-omni").rglob("*.est.json"))
     sidecar.write_text("{")
     evaluate(exp(), progress=False)
-    assert len(calls) == 1 and json.loads(sidecar.read_text())["bits"] > 0
+    assert calls == [1] and json.loads(sidecar.read_text())["bits"] > 0  # that image alone
 
 
 def test_outputs_are_complete_and_the_report_is_self_contained(toy, tiny_shapes, tmp_path):

@@ -142,6 +142,18 @@ class Codec(ABC):
         """Decode a parsed bitstream. A valid checksum proves nothing (anyone can write one), so every
         header field is checked before the decoder runs: codec, version, size against the pixel limit
         (:mod:`icm.limits`; ``max_pixels`` raises it), rate, weights. Whatever fails is a BitstreamError."""
+        rate = self._checked_header(bs, source, max_pixels)
+        try:
+            image = self.decode_streams(bs.streams, rate, bs.width, bs.height)
+        except BitstreamError as exc:
+            raise BitstreamError(f"{source}: {_one_line(exc)}") from None
+        except Exception as exc:  # a payload that passed the CRC but still does not decode
+            raise BitstreamError(f"{source}: payload does not decode ({type(exc).__name__}: {_one_line(exc)})") from exc
+        _check_decoded(image, bs, source)
+        return image
+
+    def _checked_header(self, bs: Bitstream, source: str, max_pixels: int | None) -> dict:
+        """Every header field checked against this codec; returns the rate to decode at."""
         self.require_available()
         if bs.codec != self.name:
             raise BitstreamError(f"{source}: made by codec {bs.codec!r}, not {self.name!r}")
@@ -154,15 +166,56 @@ class Codec(ABC):
             raise BitstreamError(
                 f"{source}: weights mismatch (bitstream {bs.weights_hash.hex() or 'none'}, codec "
                 f"{expected.hex() or 'none'}); decode with the checkpoint that encoded it")
+        return rate
+
+    # -- batches -------------------------------------------------------------------------------------
+    # A codec with a batched path (one network pass, one encoder process for several images) overrides
+    # the two *_batch methods; the results must equal the one-by-one methods' (tests/test_codec_batches.py).
+    def encode_streams_batch(self, images: list[np.ndarray], rate: dict) -> list[dict[str, bytes]]:
+        """Code equal-sized images at one validated rate; the default codes them one by one."""
+        return [self.encode_streams(image, rate) for image in images]
+
+    def decode_streams_batch(self, streams: list[dict[str, bytes]], rate: dict, width: int, height: int) -> list[np.ndarray]:
+        """Invert ``encode_streams_batch`` for files of one size and rate; the default decodes one by one."""
+        return [self.decode_streams(s, rate, width, height) for s in streams]
+
+    def to_bitstreams(self, images: list[np.ndarray], **rate) -> list[Bitstream]:
+        """``to_bitstream`` for several images of one size, in one batched call where the codec has one."""
+        if not images:
+            return []
+        self.require_available()
+        for image in images:
+            _check_image(image)
+        if len({image.shape for image in images}) != 1:
+            raise ValueError("to_bitstreams takes images of one size")
+        rate = self.check_rate(**rate)
+        streams = self.encode_streams_batch(images, rate)
+        h, w = images[0].shape[:2]
+        return [Bitstream(self.name, self.version, self.weights_hash(rate), w, h, rate, s) for s in streams]
+
+    def from_bitstreams(self, bitstreams: list[Bitstream], sources: list[str] | None = None,
+                        max_pixels: int | None = None) -> list[np.ndarray]:
+        """``from_bitstream`` for several files of one size and rate, with every header checked first.
+        A failure anywhere raises a BitstreamError for the batch; decode one by one to find the file."""
+        if not bitstreams:
+            return []
+        sources = sources or ["bitstream"] * len(bitstreams)
+        rates = [self._checked_header(bs, src, max_pixels) for bs, src in zip(bitstreams, sources)]
+        first = bitstreams[0]
+        if any((bs.width, bs.height, r) != (first.width, first.height, rates[0]) for bs, r in zip(bitstreams, rates)):
+            raise ValueError("from_bitstreams takes files of one size and rate")
+        where = f"{sources[0]} (batch of {len(bitstreams)})"
         try:
-            image = self.decode_streams(bs.streams, rate, bs.width, bs.height)
+            images = self.decode_streams_batch([bs.streams for bs in bitstreams], rates[0], first.width, first.height)
         except BitstreamError as exc:
-            raise BitstreamError(f"{source}: {_one_line(exc)}") from None
-        except Exception as exc:  # a payload that passed the CRC but still does not decode
-            raise BitstreamError(f"{source}: payload does not decode ({type(exc).__name__}: {_one_line(exc)})") from exc
-        if image.shape != (bs.height, bs.width, 3) or image.dtype != np.uint8:
-            raise BitstreamError(f"{source}: decoded to {image.shape} {image.dtype}, expected ({bs.height}, {bs.width}, 3) uint8")
-        return image
+            raise BitstreamError(f"{where}: {_one_line(exc)}") from None
+        except Exception as exc:
+            raise BitstreamError(f"{where}: payload does not decode ({type(exc).__name__}: {_one_line(exc)})") from exc
+        if len(images) != len(bitstreams):
+            raise BitstreamError(f"{where}: decoded {len(images)} images")
+        for image, bs, src in zip(images, bitstreams, sources):
+            _check_decoded(image, bs, src)
+        return images
 
     def _header_rate(self, rate: dict, source: str) -> dict:
         """The header's rate, accepted only in the exact form ``check_rate`` writes: no other types
@@ -201,6 +254,12 @@ def _one_line(exc: BaseException) -> str:
     """First line of an exception's message, at most 300 characters (the CLI prints one line)."""
     text = str(exc).strip()
     return (text.splitlines() or [""])[0][:300]
+
+
+def _check_decoded(image, bs: Bitstream, source: str) -> None:
+    if not isinstance(image, np.ndarray) or image.shape != (bs.height, bs.width, 3) or image.dtype != np.uint8:
+        got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise BitstreamError(f"{source}: decoded to {got}, expected ({bs.height}, {bs.width}, 3) uint8")
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from icm.codecs import Codec, RateControl, entropy_guard
-from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_image, to_tensor
+from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_images, to_tensors
 from icm.errors import BitstreamError, UserError
 
 with warnings.catch_warnings():  # compressai's import trips torch's jit.script deprecation warning
@@ -284,10 +284,17 @@ class ICMNet(CompressionModel):
         """One image (1,3,H,W), H and W multiples of 32 -> {"main", "hyper"(, "aux")} byte strings.
         Needs ``update()`` first (the codec does it)."""
         if x.shape[0] != 1:
-            raise ValueError("compress codes one image at a time")
+            raise ValueError("compress codes one image at a time (compress_batch codes several)")
+        return self.compress_batch(x, rate, aux)[0]
+
+    @torch.no_grad()
+    def compress_batch(self, x: torch.Tensor, rate: float, aux: bool = False) -> list[dict[str, bytes]]:
+        """(B,3,H,W) at one rate -> one {"main", "hyper"(, "aux")} dict per image; the entropy coders
+        code each image on its own, so every dict is a complete file's streams."""
         if aux and not self.aux:
             raise ValueError("this ICMNet has no aux branch")
-        rate = self._per_sample(rate, 1, x.device, "rate")
+        B = x.shape[0]
+        rate = self._per_sample(rate, B, x.device, "rate")
         g_y, ig_y = self.gain_y(rate)
         g_z, ig_z = self.gain_z(rate)
         y = self.g_a(x)
@@ -299,36 +306,45 @@ class ICMNet(CompressionModel):
         means, scales = self._hyper(z_g_hat * ig_z)
         indexes = self.gaussian_conditional.build_indexes(scales)
         main = self.gaussian_conditional.compress(y_g, indexes, means=means)
-        out = {"main": main[0], "hyper": hyper[0]}
+        out = [{"main": main[i], "hyper": hyper[i]} for i in range(B)]
         if aux:
             y_hat = self.gaussian_conditional.quantize(y_g, "dequantize", means) * ig_y
             g_a, _ = self.gain_aux(rate)
-            out["aux"] = self.aux_bottleneck.compress(self.aux_a(y - y_hat) * g_a)[0]
+            for d, s in zip(out, self.aux_bottleneck.compress(self.aux_a(y - y_hat) * g_a)):
+                d["aux"] = s
         return out
 
     @torch.no_grad()
     def decompress(self, streams: dict[str, bytes], size: tuple[int, int], rate: float, beta: float = 1.0) -> torch.Tensor:
         """Streams and the padded image size (H, W) -> x_bar (1,3,H,W), unclamped. ``aux`` is used
         only when present and ``beta < 1``; without it (a task-only decode) the result is x_hat1."""
+        return self.decompress_batch([streams], size, rate, beta)
+
+    @torch.no_grad()
+    def decompress_batch(self, streams: list[dict[str, bytes]], size: tuple[int, int], rate: float,
+                         beta: float = 1.0) -> torch.Tensor:
+        """``decompress`` for B files of one size and rate -> (B,3,H,W). The aux residual is added only
+        when every file has an aux stream."""
         H, W = size
         if H % STRIDE or W % STRIDE:
             raise ValueError(f"size {size} is not a multiple of {STRIDE}")
         device = self.g_a[0].weight.device
-        rate = self._per_sample(rate, 1, device, "rate")
+        B = len(streams)
+        rate = self._per_sample(rate, B, device, "rate")
         beta = float(self._per_sample(beta, 1, device, "beta")[0])
         _, ig_y = self.gain_y(rate)
         _, ig_z = self.gain_z(rate)
-        z_g_hat = self.entropy_bottleneck.decompress([streams["hyper"]], (H // STRIDE, W // STRIDE))
+        z_g_hat = self.entropy_bottleneck.decompress([s["hyper"] for s in streams], (H // STRIDE, W // STRIDE))
         means, scales = self._hyper(z_g_hat * ig_z)
         indexes = self.gaussian_conditional.build_indexes(scales)
-        y_hat = self.gaussian_conditional.decompress([streams["main"]], indexes, means=means) * ig_y
+        y_hat = self.gaussian_conditional.decompress([s["main"] for s in streams], indexes, means=means) * ig_y
         x_main, feats = self._decode(y_hat)
-        if "aux" not in streams or beta == 1.0:
+        if beta == 1.0 or not all("aux" in s for s in streams):
             return x_main
         if not self.aux:
             raise ValueError("the bitstream has an aux stream but this ICMNet has no aux branch")
         _, ig_a = self.gain_aux(rate)
-        s_g_hat = self.aux_bottleneck.decompress([streams["aux"]], (H // 16, W // 16))
+        s_g_hat = self.aux_bottleneck.decompress([s["aux"] for s in streams], (H // 16, W // 16))
         r = self.aux_r(y_hat + self.aux_s(s_g_hat * ig_a), feats)
         return x_main + (1 - beta) * r
 
@@ -419,26 +435,39 @@ class ICMCodec(Codec):
 
     def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
         """Bits the entropy models expect for this image (main + hyper, plus aux when ``aux``)."""
+        return self.estimate_bits_batch([image], rate)[0]
+
+    def estimate_bits_batch(self, images: list[np.ndarray], rate: dict) -> list[float]:
+        """``estimate_bits`` for equal-sized images, in one forward pass."""
         net = self.net
         with torch.no_grad():
-            out = net(pad(to_tensor(image, self.device), STRIDE), rate["rate"], aux=self.aux)
+            out = net(pad(to_tensors(images, self.device), STRIDE), rate["rate"], aux=self.aux)
         liks = list(out["likelihoods"].values()) + list(out.get("aux_likelihoods", {}).values())
-        return float(sum(-torch.log2(v).sum() for v in liks))
+        return [float(b) for b in sum(-torch.log2(v).flatten(1).sum(1) for v in liks)]
 
     # -- coding ----------------------------------------------------------------------------------------
     def encode_streams(self, image, rate):
-        return self.net.compress(pad(to_tensor(image, self.device), STRIDE), rate["rate"], aux=self.aux)
+        return self.encode_streams_batch([image], rate)[0]
+
+    def encode_streams_batch(self, images, rate):
+        return self.net.compress_batch(pad(to_tensors(images, self.device), STRIDE), rate["rate"], aux=self.aux)
 
     def decode_streams(self, streams, rate, width, height):
-        names = set(streams)
-        if not {"main", "hyper"} <= names or not names <= set(STREAMS):
-            raise BitstreamError(f"{self.name} needs streams main, hyper (and optionally aux), got {sorted(names)}")
+        return self.decode_streams_batch([streams], rate, width, height)[0]
+
+    def decode_streams_batch(self, streams, rate, width, height):
         size = (-(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE)
         net = self.net
-        # the streams whose latent size the header alone fixes are checked before any latent is allocated
-        entropy_guard.check_bottleneck(net.entropy_bottleneck, streams["hyper"], (size[0] // STRIDE, size[1] // STRIDE),
-                                       "stream 'hyper'")
-        if "aux" in streams and self.decode_beta < 1 and net.aux:
-            entropy_guard.check_bottleneck(net.aux_bottleneck, streams["aux"], (size[0] // 16, size[1] // 16), "stream 'aux'")
-        x_hat = net.decompress(streams, size, rate["rate"], beta=self.decode_beta)
-        return to_image(x_hat[..., :height, :width])
+        for one in streams:
+            names = set(one)
+            if not {"main", "hyper"} <= names or not names <= set(STREAMS):
+                raise BitstreamError(f"{self.name} needs streams main, hyper (and optionally aux), got {sorted(names)}")
+            # the streams whose latent size the header alone fixes are checked before any latent is allocated
+            entropy_guard.check_bottleneck(net.entropy_bottleneck, one["hyper"], (size[0] // STRIDE, size[1] // STRIDE),
+                                           "stream 'hyper'")
+            if "aux" in one and self.decode_beta < 1 and net.aux:
+                entropy_guard.check_bottleneck(net.aux_bottleneck, one["aux"], (size[0] // 16, size[1] // 16), "stream 'aux'")
+        if self.decode_beta < 1 and len({"aux" in one for one in streams}) > 1:  # with and without aux: one by one
+            return [self.decode_streams_batch([one], rate, width, height)[0] for one in streams]
+        x_hat = net.decompress_batch(streams, size, rate["rate"], beta=self.decode_beta)
+        return to_images(x_hat[..., :height, :width])

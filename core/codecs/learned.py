@@ -57,8 +57,18 @@ def to_tensor(image: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=torch.float32) / 255.0
 
 
+def to_tensors(images: list[np.ndarray], device) -> torch.Tensor:
+    """Equal-sized HxWx3 uint8 images -> (B,3,H,W) float in [0, 1]."""
+    return torch.cat([to_tensor(image, device) for image in images])
+
+
 def to_image(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()).copy()
+    return to_images(x[:1])[0]
+
+
+def to_images(x: torch.Tensor) -> list[np.ndarray]:
+    pixels = x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [p.copy() for p in pixels]
 
 
 def pad(x: torch.Tensor, multiple: int = PAD_TO) -> torch.Tensor:
@@ -163,37 +173,53 @@ class CompressAICodec(Codec):
 
     def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
         """Bits the entropy model expects for this image (Le §5.4: compare with the real file size)."""
+        return self.estimate_bits_batch([image], rate)[0]
+
+    def estimate_bits_batch(self, images: list[np.ndarray], rate: dict) -> list[float]:
+        """``estimate_bits`` for equal-sized images, in one forward pass."""
         net = self.model(rate["quality"])
         with torch.no_grad():
-            out = net(pad(to_tensor(image, self.device)))
-        return float(sum(-torch.log2(v).sum() for v in out["likelihoods"].values()))
+            out = net(pad(to_tensors(images, self.device)))
+        return [float(b) for b in sum(-torch.log2(v).flatten(1).sum(1) for v in out["likelihoods"].values())]
 
     # -- coding ----------------------------------------------------------------------------------
+    def _stream_names(self) -> list[str]:
+        return ["main", "hyper"][: 1 if self.latent_stride == 16 else 2]
+
     def encode_streams(self, image, rate):
+        return self.encode_streams_batch([image], rate)[0]
+
+    def encode_streams_batch(self, images, rate):
         net = self.model(rate["quality"])
         with torch.no_grad():
-            out = net.compress(pad(to_tensor(image, self.device)))
-        names = ["main", "hyper"]
-        return {names[i]: strings[0] for i, strings in enumerate(out["strings"])}
+            out = net.compress(pad(to_tensors(images, self.device)))
+        # CompressAI returns one list per stream, each with one string per image
+        return [{name: strings[i] for name, strings in zip(["main", "hyper"], out["strings"])} for i in range(len(images))]
 
     def decode_streams(self, streams, rate, width, height):
+        return self.decode_streams_batch([streams], rate, width, height)[0]
+
+    def decode_streams_batch(self, streams, rate, width, height):
         net = self.model(rate["quality"])
-        expected = ["main", "hyper"][: 1 if self.latent_stride == 16 else 2]
-        if sorted(streams) != sorted(expected):
-            raise BitstreamError(f"{self.name} needs streams {expected}, got {sorted(streams)}")
+        expected = self._stream_names()
         s = self.latent_stride
         shape = ((height + PAD_TO - 1) // PAD_TO * PAD_TO // s, (width + PAD_TO - 1) // PAD_TO * PAD_TO // s)
-        # the stream the header's size alone determines is checked before the model allocates its latent
-        entropy_guard.check_bottleneck(net.entropy_bottleneck, streams[expected[-1]], shape, f"stream {expected[-1]!r}")
-        strings = {n: streams[n] for n in expected}
-        if hasattr(net, "context_prediction"):
-            # mbt2018 and cheng2020 decode "main" position by position with their own rANS decoder,
-            # which no guard sits in front of: padding keeps its reads inside the buffer
-            y_symbols = net.M * shape[0] * 4 * shape[1] * 4
-            strings["main"] = entropy_guard.padded(entropy_guard.check_words(streams["main"], "stream 'main'"), y_symbols)
+        strings = {n: [] for n in expected}
+        for one in streams:
+            if sorted(one) != sorted(expected):
+                raise BitstreamError(f"{self.name} needs streams {expected}, got {sorted(one)}")
+            # the stream the header's size alone determines is checked before the model allocates its latent
+            entropy_guard.check_bottleneck(net.entropy_bottleneck, one[expected[-1]], shape, f"stream {expected[-1]!r}")
+            for n in expected:
+                strings[n].append(one[n])
+            if hasattr(net, "context_prediction"):
+                # mbt2018 and cheng2020 decode "main" position by position with their own rANS decoder,
+                # which no guard sits in front of: padding keeps its reads inside the buffer
+                y_symbols = net.M * shape[0] * 4 * shape[1] * 4
+                strings["main"][-1] = entropy_guard.padded(entropy_guard.check_words(one["main"], "stream 'main'"), y_symbols)
         with torch.no_grad():
-            x_hat = net.decompress([[strings[n]] for n in expected], shape)["x_hat"]
-        return to_image(x_hat[..., :height, :width])
+            x_hat = net.decompress([strings[n] for n in expected], shape)["x_hat"]
+        return to_images(x_hat[..., :height, :width])
 
 
 class ShippedCompressAICodec(CompressAICodec):

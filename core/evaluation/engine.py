@@ -104,18 +104,25 @@ def gather(obj, world: int):
 
 # -- quality measures ---------------------------------------------------------------------------------
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
-    """pytorch-msssim's MS-SSIM; its 5 scales need a side > 160 px with the usual 11-tap window, so
-    smaller images use a 7-tap window (side > 96) and images below that get None."""
+    return ms_ssim_batch([a], [b])[0]
+
+
+def ms_ssim_batch(originals: list[np.ndarray], decoded: list[np.ndarray]) -> list[float | None]:
+    """pytorch-msssim's MS-SSIM per pair of equal-sized images, in one call. Its 5 scales need a side
+    > 160 px with the usual 11-tap window, so smaller images use a 7-tap window (side > 96) and
+    images below that get None."""
     from pytorch_msssim import ms_ssim as _ms_ssim
 
-    side = min(a.shape[:2])
+    side = min(originals[0].shape[:2])
     win = 11 if side > 160 else 7 if side > 96 else None
     if win is None:
-        return None
-    # float32: 2.3x faster than float64 on the CPU (oneDNN convolutions), within 1e-7 of it
-    ta = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float()
-    tb = torch.from_numpy(b.copy()).permute(2, 0, 1)[None].float()
-    return float(_ms_ssim(ta, tb, data_range=255, win_size=win))
+        return [None] * len(originals)
+
+    def stack(images):  # float32: 2.3x faster than float64 on the CPU (oneDNN), within 1e-7 of it
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+
+    scores = _ms_ssim(stack(originals), stack(decoded), data_range=255, win_size=win, size_average=False)
+    return [float(v) for v in scores]
 
 
 # -- the engine ----------------------------------------------------------------------------------------
@@ -181,24 +188,16 @@ class Engine:
             tqdm.write(f"icm: failure: {describe(failure)}", file=sys.stderr)
 
     # -- per point --------------------------------------------------------------------------------
-    def _bitstream(self, codec: Codec, point: Point, image: np.ndarray, path: Path) -> tuple[Bitstream, float | None]:
-        """The cached bitstream when it is one of this codec's, else a new encode; and the encode ms."""
+    def _cached_bitstream(self, codec: Codec, point: Point, path: Path) -> Bitstream | None:
+        """The cached file when it is one of this codec's (other weights or version: re-encoded)."""
         if path.is_file():
             try:
                 bs = Bitstream.load(path)
                 if bs.weights_hash == codec.weights_hash(point.rate) and bs.codec_version == codec.version:
-                    self.counters.bitstream_cache_hits += 1
-                    return bs, None
+                    return bs
             except IcmError:
-                pass  # a damaged cache entry is re-made, not trusted; other weights/version: re-encoded
-        self._warm_up(codec, point, image)
-        with self.clock.stage("encode"):
-            t = time.perf_counter()
-            bs = codec.to_bitstream(image, **point.rate)
-            ms = (time.perf_counter() - t) * 1000
-            bs.save(path)
-        self.counters.encodes += 1
-        return bs, ms
+                pass  # a damaged cache entry is re-made, not trusted
+        return None
 
     def _warm_up(self, codec: Codec, point: Point, image: np.ndarray) -> None:
         """Run a learned codec once per point before timing it: its first call pays one-time set-up
@@ -210,46 +209,119 @@ class Engine:
         with self.clock.stage("warmup"):
             codec.from_bitstream(codec.to_bitstream(image, **point.rate))
 
-    def _code(self, codec: Codec, point: Point, image: np.ndarray, ikey: str, need_pixels: bool):
-        """Encode (or reuse the cached bitstream) and decode once, unless nothing needs the pixels:
-        the quality measures are kept next to the bitstream, so a rerun whose predictions are all
-        cached decodes nothing. Returns the decoded pixels (or None) and the record."""
-        path = self.cache / "bitstreams" / point.codec / point.key / f"{ikey}.icm"
-        bs, encode_ms = self._bitstream(codec, point, image, path)
-        rec = {"encode_ms": encode_ms, "decode_ms": None}
-        quality_file = path.with_name(path.stem + ".quality.json")
-        tag = bs.weights_hash.hex() + "/" + bs.codec_version
-        quality = _read_sidecar(quality_file, tag) if encode_ms is None else None
-        decoded = None
-        if need_pixels or quality is None:
-            self._warm_up(codec, point, image)
-            with self.clock.stage("decode"):
+    def _batched(self, stage: str, point: Point, ids: list, batch_call, one_call, inputs: list) -> list:
+        """``batch_call(inputs)`` timed as ``stage``; when it fails, ``one_call`` per input finds the
+        failing one, which is recorded while the others go on. Returns (result, ms) or None per input;
+        the ms of a batch is its time shared equally."""
+        with self.clock.stage(stage):
+            t = time.perf_counter()
+            try:
+                out = batch_call(inputs)
+                ms = (time.perf_counter() - t) * 1000 / len(inputs)
+                return [(o, ms) for o in out]
+            except IcmError:
+                pass
+            results = []
+            for x, image_id in zip(inputs, ids):
                 t = time.perf_counter()
-                decoded = codec.from_bitstream(bs, source=str(path))
-                rec["decode_ms"] = (time.perf_counter() - t) * 1000
-            self.counters.decodes += 1
-        if quality is None:
-            with self.clock.stage("quality"):
-                quality = {"psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded)}
-            atomic_write_bytes(quality_file, json.dumps({"of": tag, **quality}).encode())
-        rec.update(psnr=quality["psnr"], ms_ssim=quality["ms_ssim"])
-        rec["bytes"] = path.stat().st_size
-        rec["bpp"] = rec["bytes"] * 8 / bs.pixels
-        est = self._estimate_bits(codec, point, image, path, bs) if hasattr(codec, "estimate_bits") else None
-        rec["est_bpp"] = None if est is None else est / bs.pixels
-        return decoded, rec
+                try:
+                    results.append((one_call(x), (time.perf_counter() - t) * 1000))
+                except IcmError as exc:
+                    self.fail({"image_id": image_id, "point": point.label, "error": str(exc)})
+                    results.append(None)
+            return results
 
-    def _estimate_bits(self, codec: Codec, point: Point, image: np.ndarray, path: Path, bs: Bitstream) -> float:
-        """The entropy model's estimate, kept next to the cached bitstream (it costs a codec forward)."""
-        sidecar = path.with_name(path.stem + ".est.json")
-        tag = bs.weights_hash.hex() + "/" + bs.codec_version
-        saved = _read_sidecar(sidecar, tag)
-        if saved is not None:
-            return float(saved["bits"])
-        with self.clock.stage("estimate"):
-            bits = float(codec.estimate_bits(image, point.rate))
-        atomic_write_bytes(sidecar, json.dumps({"of": tag, "bits": bits}).encode())
-        return bits
+    def _code_point(self, codec: Codec, point: Point, entries: list[tuple[dict, np.ndarray, str, bool]]) -> dict:
+        """Encode (or reuse the cached files) and decode once, in batches of equal-sized images, for
+        (sample, image, key, pixels needed) entries. Decoding is skipped where nothing needs the pixels:
+        the quality measures are kept next to each file, so a rerun whose predictions are all cached
+        decodes nothing. Returns {image id: (decoded pixels or None, record)} for the images that worked."""
+        folder = self.cache / "bitstreams" / point.codec / point.key
+        state = {}
+        for s, img, ikey, _ in entries:
+            path = folder / f"{ikey}.icm"
+            bs = self._cached_bitstream(codec, point, path)
+            state[s["id"]] = {"path": path, "bs": bs, "encode_ms": None}
+            self.counters.bitstream_cache_hits += bs is not None
+        for group in self._groups([e for e in entries if state[e[0]["id"]]["bs"] is None]):
+            self._warm_up(codec, point, group[0][1])
+            done = self._batched("encode", point, [e[0]["id"] for e in group],
+                                 lambda images: codec.to_bitstreams(images, **point.rate),
+                                 lambda image: codec.to_bitstream(image, **point.rate), [e[1] for e in group])
+            for (s, *_), got in zip(group, done):
+                if got is not None:
+                    st = state[s["id"]]
+                    st["bs"], st["encode_ms"] = got
+                    st["bs"].save(st["path"])
+                    self.counters.encodes += 1
+        entries = [e for e in entries if state[e[0]["id"]]["bs"] is not None]
+        for s, *_ in entries:
+            st = state[s["id"]]
+            st["tag"] = st["bs"].weights_hash.hex() + "/" + st["bs"].codec_version
+            st["quality_file"] = st["path"].with_name(st["path"].stem + ".quality.json")
+            st["quality"] = _read_sidecar(st["quality_file"], st["tag"]) if st["encode_ms"] is None else None
+            st["decoded"], st["decode_ms"] = None, None
+        to_decode = [e for e in entries if e[3] or state[e[0]["id"]]["quality"] is None]
+        for group in self._groups(to_decode):
+            self._warm_up(codec, point, group[0][1])
+            sts = [state[e[0]["id"]] for e in group]
+            paths = {id(st["bs"]): str(st["path"]) for st in sts}
+            done = self._batched("decode", point, [e[0]["id"] for e in group],
+                                 lambda files: codec.from_bitstreams(files, [paths[id(f)] for f in files]),
+                                 lambda bs: codec.from_bitstream(bs, source=paths[id(bs)]), [st["bs"] for st in sts])
+            for st, got in zip(sts, done):
+                if got is not None:
+                    st["decoded"], st["decode_ms"] = got
+                    self.counters.decodes += 1
+            fresh = [(e[1], st) for e, st in zip(group, sts) if st["quality"] is None and st["decoded"] is not None]
+            if fresh:
+                with self.clock.stage("quality"):
+                    scores = ms_ssim_batch([img for img, _ in fresh], [st["decoded"] for _, st in fresh])
+                    for (img, st), score in zip(fresh, scores):
+                        st["quality"] = {"psnr": psnr(img, st["decoded"]), "ms_ssim": score}
+                        atomic_write_bytes(st["quality_file"], json.dumps({"of": st["tag"], **st["quality"]}).encode())
+        entries = [e for e in entries if state[e[0]["id"]]["quality"] is not None]
+        estimates = self._estimate_bits(codec, point, entries, state) if hasattr(codec, "estimate_bits") else {}
+        out = {}
+        for s, img, ikey, _ in entries:
+            st = state[s["id"]]
+            rec = {"encode_ms": st["encode_ms"], "decode_ms": st["decode_ms"], "psnr": st["quality"]["psnr"],
+                   "ms_ssim": st["quality"]["ms_ssim"], "bytes": st["path"].stat().st_size}
+            rec["bpp"] = rec["bytes"] * 8 / st["bs"].pixels
+            est = estimates.get(s["id"])
+            rec["est_bpp"] = None if est is None else est / st["bs"].pixels
+            out[s["id"]] = (st["decoded"], rec)
+        return out
+
+    def _groups(self, entries: list) -> list[list]:
+        """Entries (sample, image, ...) in batches of ``batch_size`` equal-sized images, in order."""
+        by_shape: dict[tuple, list] = {}
+        for e in entries:
+            by_shape.setdefault(e[1].shape, []).append(e)
+        n = self.exp.batch_size
+        return [g[i:i + n] for g in by_shape.values() for i in range(0, len(g), n)]
+
+    def _estimate_bits(self, codec: Codec, point: Point, entries: list, state: dict) -> dict:
+        """The entropy model's estimate per image id, kept next to each cached file (it costs a codec
+        forward, run in batches)."""
+        out, todo = {}, []
+        for e in entries:
+            st = state[e[0]["id"]]
+            st["est_file"] = st["path"].with_name(st["path"].stem + ".est.json")
+            saved = _read_sidecar(st["est_file"], st["tag"])
+            if saved is not None:
+                out[e[0]["id"]] = float(saved["bits"])
+            else:
+                todo.append(e)
+        batch = getattr(codec, "estimate_bits_batch", None) or (lambda images, rate: [codec.estimate_bits(i, rate) for i in images])
+        for group in self._groups(todo):
+            with self.clock.stage("estimate"):
+                bits = batch([e[1] for e in group], point.rate)
+            for e, b in zip(group, bits):
+                st = state[e[0]["id"]]
+                atomic_write_bytes(st["est_file"], json.dumps({"of": st["tag"], "bits": float(b)}).encode())
+                out[e[0]["id"]] = float(b)
+        return out
 
     def _prediction_file(self, mkey: str, point: Point, ikey: str) -> Path:
         return self.cache / "predictions" / mkey / point.codec / (point.weights or "-") / point.key / f"{ikey}.pkl"
@@ -342,13 +414,13 @@ class Engine:
         self._bar = tqdm(total=total, desc="evaluate" + (f" (rank 0 of {world})" if world > 1 else ""),
                          unit="step", disable=not self.progress or rank != 0)
         for codec, point in points:
-            items, todo = [], {t: set() for t in adapters}
+            entries, missing = [], {}
             for s in shard:
                 if s["id"] not in originals:
                     self._tick(1 + len(adapters))
                     continue
                 img, ikey = originals[s["id"]]
-                missing = []
+                missing[s["id"]] = []
                 for task in adapters:
                     hit, p = self._cached_prediction(mkeys[task], point, ikey)
                     if hit:
@@ -356,24 +428,26 @@ class Engine:
                         self.counters.prediction_cache_hits += 1
                         self._tick()
                     else:
-                        missing.append(task)
-                try:
-                    if codec is None:
-                        decoded, rec = img, {"bytes": None, "bpp": None, "est_bpp": None, "encode_ms": None,
-                                             "decode_ms": None, "psnr": None, "ms_ssim": None}
-                    else:
-                        decoded, rec = self._code(codec, point, img, ikey, need_pixels=bool(missing))
-                except IcmError as exc:
-                    self.fail({"image_id": s["id"], "point": point.label, "error": str(exc)})
-                    self._tick(1 + len(missing))
+                        missing[s["id"]].append(task)
+                entries.append((s, img, ikey, bool(missing[s["id"]])))
+            if codec is None:
+                coded = {s["id"]: (img, {"bytes": None, "bpp": None, "est_bpp": None, "encode_ms": None,
+                                         "decode_ms": None, "psnr": None, "ms_ssim": None}) for s, img, _, _ in entries}
+            else:
+                coded = self._code_point(codec, point, entries)
+            items, todo = [], {t: set() for t in adapters}
+            for s, img, ikey, _ in entries:
+                if s["id"] not in coded:  # its failure is recorded: what it would have done is done
+                    self._tick(1 + len(missing[s["id"]]))
                     continue
+                decoded, rec = coded[s["id"]]
                 rec.update({"codec": point.codec, "rate": point.rate, "rate_key": point.key, "image_id": s["id"],
                             "pixels": img.shape[0] * img.shape[1]})
                 records.append(rec)
                 self._tick()
-                if missing:
+                if missing[s["id"]]:
                     items.append((s, decoded, ikey))
-                    for task in missing:
+                    for task in missing[s["id"]]:
                         todo[task].add(ikey)
             for task, got in self._predict_point(adapters, mkeys, point, items, todo).items():
                 predictions[task].setdefault(point.label, {}).update(got)
