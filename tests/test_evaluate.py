@@ -165,11 +165,24 @@ def test_a_rerun_with_everything_cached_decodes_nothing(toy, tiny_shapes, tmp_pa
     assert first["counters"]["decodes"] == 48
     assert (again["counters"]["encodes"], again["counters"]["decodes"], again["counters"]["predictions"]) == (0, 0, 0)
     assert again["metrics"] == first["metrics"]
+    # the metrics too come from the cache: same predictions and ground truth, nothing scored again
+    assert first["counters"]["scores"] == 9 and (again["counters"]["scores"], again["counters"]["score_cache_hits"]) == (0, 9)
     r = json.loads((tmp_path / "results.json").read_text())
     assert all(p["psnr"] is not None for p in r["points"] if p["codec"] != "original")  # from the quality cache
     # a new task needs pixels again: decoded once per image and point, not encoded
     third = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour", "brightness")), progress=False)
     assert (third["counters"]["encodes"], third["counters"]["decodes"]) == (0, 48)
+    assert (third["counters"]["scores"], third["counters"]["score_cache_hits"]) == (9, 9)  # brightness is new
+    # changed ground truth is scored again
+    import os
+
+    from icm.datasets import load_dataset
+
+    for f in load_dataset(str(tiny_shapes), "val").annotations.values():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    fourth = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour",)), progress=False)
+    assert (fourth["counters"]["scores"], fourth["counters"]["score_cache_hits"]) == (9, 0)
+    assert fourth["metrics"] == first["metrics"]
 
 
 class _FlakyPlugin:

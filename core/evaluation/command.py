@@ -153,6 +153,7 @@ def _print_summary(summary: dict) -> None:
             console.print(f"  note: {note}")
     c = summary["counters"]
     console.print(f"{c['encodes']} encodes ({c['bitstream_cache_hits']} cached), {c['decodes']} decodes, "
+                  f"{c.get('scores', 0)} scored ({c.get('score_cache_hits', 0)} cached), "
                   f"{len(c['failures'])} failures; {summary['wall_seconds']:.0f} s; wrote {summary['out']}/results.json, "
                   f"results.csv, plots/, report.html")
 

@@ -462,7 +462,7 @@ class Engine:
             for t, by_point in g["predictions"].items():
                 for label, preds in by_point.items():
                     all_preds[t].setdefault(label, {}).update(preds)
-        scored, score_seconds = self.score(dataset, images, adapters, points, all_preds, rank, world)
+        scored, score_seconds, score_hits = self.score(dataset, images, adapters, points, all_preds, rank, world)
         if rank != 0:
             return {}
         for g in gathered[1:]:
@@ -476,6 +476,7 @@ class Engine:
                              key=lambda r: (point_pos[f"{r['codec']}@{r['rate_key']}"], image_pos[r["image_id"]]))
         counters = {k: (sum(g["counters"][k] for g in gathered) if k != "failures"
                         else [f for g in gathered for f in g["counters"][k]]) for k in self.counters.__dict__}
+        counters.update(scores=len(scored) - score_hits, score_cache_hits=score_hits)
         self.clock.seconds = {}
         for g in gathered:  # stage seconds summed over ranks
             self.clock.add(g["timing"]["stages"])
@@ -495,26 +496,37 @@ class Engine:
         has all predictions after the gather); rank 0 gets every outcome back, with the seconds spent."""
         by_id = {s["id"]: s for s in images}
         jobs = [(task, point) for task in adapters for _, point in points if all_preds[task].get(point.label)]
-        outcomes = {}
+        outcomes, truth, hits = {}, "", 0
         before = dict(self.clock.seconds)
         for task, point in jobs[rank::world]:
             adapter, preds = adapters[task], all_preds[task][point.label]
             pseudo = all_preds[task].get(f"{ORIGINAL}@none") if self.exp.label_free else None
             ids = sorted(preds)
+            with self.clock.stage(f"hash/{task}"):
+                truth = truth or dataset_digest(dataset)
+                cached = self.cache / "scores" / task / f"{score_key(task, adapter, truth, preds, ids, by_id, pseudo)}.json"
+                try:  # our own cache file; a damaged one is scored again
+                    outcomes[(task, point.label)] = ("ok", json.loads(cached.read_text()))
+                    hits += 1
+                    continue
+                except (OSError, ValueError):
+                    pass
             try:
                 with self.clock.stage(f"score/{task}"):
                     ev = adapter.evaluator(pseudo_ground_truth=pseudo)
                     ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
-                    outcomes[(task, point.label)] = ("ok", {**dict(ev.compute()), "images": len(ids)})
+                    metrics = {**dict(ev.compute()), "images": len(ids)}
+                outcomes[(task, point.label)] = ("ok", metrics)
+                write_json(cached, metrics)
             except Exception as exc:  # reported by name; the other tasks and points are kept
                 outcomes[(task, point.label)] = ("error", error_text(exc))
-        spent = {k: v - before.get(k, 0.0) for k, v in self.clock.seconds.items() if k.startswith("score/")}
-        gathered = gather({"outcomes": outcomes, "seconds": spent}, world)
+        spent = {k: v - before.get(k, 0.0) for k, v in self.clock.seconds.items() if k.startswith(("score/", "hash/"))}
+        gathered = gather({"outcomes": outcomes, "seconds": spent, "hits": hits}, world)
         merged, seconds = {}, Stopwatch()
         for g in gathered:
             merged.update(g["outcomes"])
             seconds.add(g["seconds"])
-        return merged, seconds.seconds
+        return merged, seconds.seconds, sum(g["hits"] for g in gathered)
 
     def collect_metrics(self, adapters, points, scored: dict, mkeys: dict) -> dict:
         """Every task's metrics at every point, from the evaluators' outcomes. A task whose scoring
@@ -542,6 +554,41 @@ class Engine:
                        {"task": task, "primary": adapter.primary_metric, "model": mkeys[task],
                         "metrics": metrics.get(task, {}), "failures": list(errors.values())})
         return metrics
+
+
+def dataset_digest(dataset) -> str:
+    """The ground truth's identity: the dataset's meta and every annotation file's path, size and
+    modification time (files under an annotation folder too), as make would judge them."""
+    h = hashlib.sha256(pickle.dumps((dataset.name, dataset.split, json.dumps(dataset.meta, sort_keys=True, default=str))))
+    for key in sorted(dataset.annotations):
+        root = dataset.annotations[key]
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in files:
+            try:
+                st = f.stat()
+                h.update(f"{key}:{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{key}:{f}:missing\n".encode())
+    return h.hexdigest()
+
+
+def score_key(task: str, adapter: TaskAdapter, truth: str, preds: dict, ids: list, by_id: dict,
+              pseudo: dict | None) -> str:
+    """What a task's metrics at one point are a function of: the predictions, the ground truth
+    (``dataset_digest``, or the pseudo ground truth) of those images, the class map, and the scoring
+    code, named by the versions of icm and of the plugin that registered the task. A rerun with all of
+    these unchanged reads the metrics instead of scoring again (the cache's ``scores/`` folder)."""
+    import icm
+
+    plugins = get_plugins()
+    plugin = plugins.tasks.entry(task).plugin
+    info = plugins.info.get(plugin)
+    h = hashlib.sha256(pickle.dumps((task, truth, icm.__version__, plugin, info.version if info else "",
+                                     type(adapter).__module__, type(adapter).__qualname__,
+                                     sorted(adapter.class_map.items()), adapter.primary_metric), protocol=4))
+    for i in ids:
+        h.update(pickle.dumps((by_id[i], preds[i], None if pseudo is None else pseudo.get(i)), protocol=4))
+    return h.hexdigest()[:32]
 
 
 def _batch(items: list[tuple[dict, np.ndarray, str]], device) -> Batch:
