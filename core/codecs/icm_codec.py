@@ -234,13 +234,15 @@ class ICMNet(CompressionModel):
         return means, scales
 
     # -- training / analysis -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, rate, beta=1.0, aux: bool | None = None) -> dict:
+    def forward(self, x: torch.Tensor, rate, beta=1.0, aux: bool | None = None, synthesis: bool = True) -> dict:
         """x (B,3,H,W) in [0,1], H and W multiples of 32.
 
         Returns ``x_hat`` (x_bar at ``beta``), ``x_hat_main`` (x_hat1), ``likelihoods`` {y, z},
         ``aux_likelihoods`` {aux} (only when the aux branch ran), ``y``, ``y_hat``, ``r`` (or None).
         The aux branch runs when the net has one and ``beta`` is not the number 1 (at beta = 1 it
         cannot change x_hat, so stage-1 training does not pay for it); ``aux=True``/``False`` forces it.
+        ``synthesis=False`` stops at the likelihoods (no ``x_hat``, ``x_hat_main``, ``r``): a rate
+        estimate at about half the cost.
         """
         B = x.shape[0]
         rate = self._per_sample(rate, B, x.device, "rate")
@@ -257,9 +259,10 @@ class ICMNet(CompressionModel):
         if not self.gaussian_conditional.training or self.train_quant == "ste":
             y_g_hat = _ste(y_g, torch.round(y_g - means) + means)
         y_hat = y_g_hat * ig_y
-        x_main, feats = self._decode(y_hat)
-        out = {"x_hat": x_main, "x_hat_main": x_main, "likelihoods": {"y": y_lik, "z": z_lik},
-               "y": y, "y_hat": y_hat, "r": None}
+        out = {"likelihoods": {"y": y_lik, "z": z_lik}, "y": y, "y_hat": y_hat, "r": None}
+        if synthesis:
+            x_main, feats = self._decode(y_hat)
+            out.update(x_hat=x_main, x_hat_main=x_main)
         if aux is None:
             aux = self.aux and not (isinstance(beta, (int, float)) and float(beta) == 1.0)
         if aux:
@@ -269,13 +272,15 @@ class ICMNet(CompressionModel):
             g_a, ig_a = self.gain_aux(rate)
             s_g = self.aux_a(y - y_hat) * g_a
             s_g_hat, s_lik = self.aux_bottleneck(s_g)
+            out["aux_likelihoods"] = {"aux": s_lik}
+            if not synthesis:
+                return out
             if not self.aux_bottleneck.training or self.train_quant == "ste":
                 medians = self.aux_bottleneck.quantiles[:, 0, 1].detach()[None, :, None, None]
                 s_g_hat = _ste(s_g, torch.round(s_g - medians) + medians)
             y2 = y_hat + self.aux_s(s_g_hat * ig_a)
             r = self.aux_r(y2, feats)
-            out.update(x_hat=x_main + (1 - beta)[:, None, None, None] * r, r=r, y2=y2,
-                       aux_likelihoods={"aux": s_lik})
+            out.update(x_hat=x_main + (1 - beta)[:, None, None, None] * r, r=r, y2=y2)
         return out
 
     # -- coding --------------------------------------------------------------------------------------
@@ -441,7 +446,7 @@ class ICMCodec(Codec):
         """``estimate_bits`` for equal-sized images, in one forward pass."""
         net = self.net
         with torch.no_grad():
-            out = net(pad(to_tensors(images, self.device), STRIDE), rate["rate"], aux=self.aux)
+            out = net(pad(to_tensors(images, self.device), STRIDE), rate["rate"], aux=self.aux, synthesis=False)
         liks = list(out["likelihoods"].values()) + list(out.get("aux_likelihoods", {}).values())
         return [float(b) for b in sum(-torch.log2(v).flatten(1).sum(1) for v in liks)]
 
