@@ -1,10 +1,18 @@
 """Plain vs GT-box-weighted vs objectness-weighted feature distillation (paper 003), as delta mAP at
-matched rate.
+matched rate, trained by `icm train` with its loss terms.
 
 Each variant fine-tunes the same starting codec (icm-omni-mse, the rate+MSE stage) for the same
-number of steps with det feature distillation only, differing only in how locations are weighted;
-then `icm evaluate` measures det bbox mAP with real bitstreams at the same rate points, and the
-deltas are BD-mAP (mAP averaged over the overlapping bpp range) against the plain variant.
+number of steps with det feature distillation only: the recipe of configs/train/icm_omni_1_distill.toml
+(relative distillation, nearest-resized weights, rate + a quarter of λ(α)·255²·MSE) with the det term
+swapped and seg/pose dropped. The variants differ only in how locations are weighted:
+
+    plain        "distill:det"            = { relative = true }
+    gtbox        "gtbox_distill:det"      = { relative = true, resize = "nearest", normalise = true, floor = 0.1 }
+    objectness   "objectness_distill:det" = { relative = true, resize = "nearest" }
+
+Then `icm evaluate` measures det bbox mAP with real bitstreams at the same rate points, and the
+deltas are BD-mAP (mAP averaged over the overlapping bpp range) against the plain variant. Each
+variant's config is written to OUT/MODE/train.toml and run with `icm train`.
 
     .venv/bin/python benchmarks/distillation_ablation.py --steps 300
 """
@@ -21,8 +29,42 @@ from pathlib import Path
 from icm.analysis import bd_metric, bd_rate
 from icm.paths import configs_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-MODES = ("plain", "gtbox", "objectness")
+TERMS = {
+    "plain": '"distill:det" = { weight = 1.0, relative = true }',
+    "gtbox": '"gtbox_distill:det" = { weight = 1.0, relative = true, resize = "nearest", normalise = true, floor = 0.1 }',
+    "objectness": '"objectness_distill:det" = { weight = 1.0, relative = true, resize = "nearest" }',
+}
+
+CONFIG = """# written by benchmarks/distillation_ablation.py: variant {mode}
+dataset = "shapes"
+tasks = ["det"]
+init = "{init}"
+seed = 0
+epochs = 1
+steps_per_epoch = {steps}
+batch_size = 8
+lr = 2e-4
+lr_schedule = "cosine"
+clip_grad = 1.0
+clamp_for_tasks = true
+val_limit = 20
+reevaluate = false
+out = "{out}"
+
+[codec]
+name = "icm-omni"
+rates = [0.0, 1.0]
+rate_sampling = "uniform"
+per_sample_rates = true
+rate_lambdas = [0.0009, 0.026]
+lambda_on = "distortion"
+val_rates = [0.5]
+
+[losses]
+rate = 1.0
+mse = 16256.25   # 0.25 × 255²
+{term}
+"""
 
 
 def main():
@@ -35,13 +77,15 @@ def main():
     init = configs_dir() / "codecs" / "icm-omni-mse" / "model.pth"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     fronts = {}
-    for mode in MODES:
-        model = out / mode / "model.pth"
+    for mode, term in TERMS.items():
+        run = out / mode
+        model = run / "model.pth"
         if not model.is_file():
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "train_omni_codec.py"), "--init", str(init),
-                            "--stage-a-steps", "0", "--stage-b-steps", str(args.steps), "--tasks", "det",
-                            "--det-weighting", mode, "--out", str(out / mode)], check=True, env=env)
-        ev = out / mode / "eval"
+            run.mkdir(parents=True, exist_ok=True)
+            config = run / "train.toml"
+            config.write_text(CONFIG.format(mode=mode, init=init.as_posix(), steps=args.steps, out=run.as_posix(), term=term))
+            subprocess.run([sys.executable, "-m", "icm", "train", str(config), "--no-progress"], check=True, env=env)
+        ev = run / "eval"
         subprocess.run([sys.executable, "-m", "icm", "evaluate", "--tasks", "det", "--codec", "icm-omni",
                         "--checkpoint", str(model), "--anchors", "hevc", "--limit", str(args.limit),
                         "--out", str(ev), "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
@@ -49,7 +93,7 @@ def main():
         fronts[mode] = res["analysis"]["det"]["curves"]["icm-omni"]["front"]
         print(f"{mode:11s} det front (bpp, mAP): " + ", ".join(f"({b:.3f}, {m:.3f})" for b, m in fronts[mode]))
     print("\nagainst plain distillation, same steps, same start, real bitstreams:")
-    for mode in MODES[1:]:
+    for mode in list(TERMS)[1:]:
         d = bd_metric(fronts["plain"], fronts[mode])
         r = bd_rate(fronts["plain"], fronts[mode])
         print(f"  {mode:11s} delta mAP at matched rate (BD-mAP): {d * 100:+.2f} points   BD-rate: "

@@ -42,5 +42,16 @@ def icm_register_schedules(register):
 
 
 @hookspec
+def icm_register_losses(register):
+    """Register loss kinds for ``icm train``: ``register(kind, factory, description=..., task=...)``.
+
+    ``factory(task, **options)`` returns an :class:`icm.training.losses.Loss`; ``task`` is the TASK of a
+    ``KIND:TASK`` term (None for ``KIND`` alone) and ``options`` the keys of the term's table besides
+    ``weight``. ``task="required"`` (the default), ``"optional"`` or ``"none"`` says whether a term
+    must, may or must not name a task.
+    """
+
+
+@hookspec
 def icm_register_commands(cli):
     """Add click commands or groups to the ``icm`` command line: ``cli.add_command(...)``."""

@@ -21,7 +21,8 @@ from icm.errors import IcmError
 from icm.registry import Registry
 
 ENTRY_POINT_GROUP = "icm"
-BUILTIN_PLUGINS = ("icm.builtin.codecs", "icm.builtin.datasets", "icm.training.builtin_schedules")
+BUILTIN_PLUGINS = ("icm.builtin.codecs", "icm.builtin.datasets", "icm.training.builtin_schedules",
+                   "icm.training.builtin_losses")
 
 
 class PluginError(IcmError):
@@ -58,6 +59,7 @@ class Plugins:
             "icm_register_tasks": Registry("task"),
             "icm_register_datasets": Registry("dataset"),
             "icm_register_schedules": Registry("schedule"),
+            "icm_register_losses": Registry("loss"),
         }
         self._registered: set[str] = set()
 
@@ -78,6 +80,10 @@ class Plugins:
     @property
     def schedules(self) -> Registry:
         return self._registry("icm_register_schedules")
+
+    @property
+    def losses(self) -> Registry:
+        return self._registry("icm_register_losses")
 
     def _registry(self, hookname: str) -> Registry:
         if hookname not in self._registered:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import shutil
+
+import numpy as np
 from pathlib import Path
 
 import torch
@@ -25,7 +27,10 @@ from icm.training.config import CodecConfig
 
 
 class Trainable(torch.nn.Module):
-    """``forward(x, rate) -> {"x_hat", "likelihoods"}`` over the codec's module (what DDP wraps)."""
+    """``forward(x, rate) -> {"x_hat", "likelihoods"}`` over the codec's module (what DDP wraps).
+
+    With ``codec.train_modules``, only those submodules train; the others are frozen and stay in eval
+    mode (RDC stage II: the primary branch then quantises by rounding, as the decoder will)."""
 
     def __init__(self, codec: Codec, cfg: CodecConfig):
         super().__init__()
@@ -40,20 +45,67 @@ class Trainable(torch.nn.Module):
             if not hasattr(codec, "model"):
                 raise UserError(f"codec {codec.name!r} has no trainable model")
             self.net = codec.model(cfg.quality)
+        repair_likelihood_bounds(self.net)
+        self.frozen: list[torch.nn.Module] = []
+        if cfg.train_modules:
+            children = dict(self.net.named_children())
+            unknown = [m for m in cfg.train_modules if m not in children]
+            if unknown:
+                raise UserError(f"codec.train_modules: {codec.name!r} has no submodule {unknown[0]!r} "
+                                f"(it has {', '.join(children)})")
+            self.frozen = [m for n, m in children.items() if n not in cfg.train_modules]
+            for m in self.frozen:
+                m.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, rate: float | None = None) -> dict:
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, rate: float | torch.Tensor | None = None) -> dict:
         if self.continuous:
             return self.codec.forward(x, rate, beta=self.cfg.beta)
         return self.net(x)
 
+    def _trained(self):
+        frozen = {id(p) for m in self.frozen for p in m.parameters()}
+        return [(n, p) for n, p in self.net.named_parameters() if id(p) not in frozen]
+
     def main_and_aux_parameters(self):
         main, aux = [], []
-        for name, p in self.net.named_parameters():
+        for name, p in self._trained():
             (aux if name.endswith(".quantiles") else main).append(p)
         return main, aux
 
     def aux_loss(self):
-        return self.net.aux_loss() if hasattr(self.net, "aux_loss") else None
+        if not self.frozen:
+            return self.net.aux_loss() if hasattr(self.net, "aux_loss") else None
+        frozen = {id(m) for f in self.frozen for m in f.modules()}
+        losses = [m.loss() for m in self.net.modules() if id(m) not in frozen and _is_bottleneck(m)]
+        return sum(losses) if losses else None
+
+
+def _is_bottleneck(module) -> bool:
+    from compressai.entropy_models import EntropyBottleneck
+
+    return isinstance(module, EntropyBottleneck)
+
+
+LIKELIHOOD_BOUND = 1e-9  # CompressAI's default likelihood_bound for EntropyBottleneck and GaussianConditional
+
+
+def repair_likelihood_bounds(net: torch.nn.Module) -> list[str]:
+    """Weights saved in fp16 store the entropy models' likelihood lower bound (1e-9) as 0, and a
+    likelihood of 0 is an infinite rate: the NaN of every run on such weights. Restore the bound."""
+    repaired = []
+    for name, m in net.named_modules():
+        bound = getattr(getattr(m, "likelihood_lower_bound", None), "bound", None)
+        if isinstance(bound, torch.Tensor) and bool((bound <= 0).all()):
+            with torch.no_grad():
+                bound.fill_(LIKELIHOOD_BOUND)
+            repaired.append(name)
+    return repaired
 
 
 def find_module(codec: Codec) -> torch.nn.Module:
@@ -87,28 +139,47 @@ def train_rates(cfg: CodecConfig) -> list[float]:
     return [float(r) for r in (cfg.rates or [0.1, 0.5, 0.9])]
 
 
-def sample_rate(cfg: CodecConfig, continuous: bool, generator: torch.Generator | None = None) -> float | None:
+def sample_rate(cfg: CodecConfig, continuous: bool, n: int = 1, generator: torch.Generator | None = None,
+                device=None) -> float | torch.Tensor | None:
+    """The batch's rate: None for quality-indexed codecs, else a float, or one rate per sample
+    (a tensor of ``n``) with ``per_sample_rates``. ``uniform``: ``min + (max − min)·u^rate_power``."""
     if not continuous:
         return None
     rates = train_rates(cfg)
+    size = (n,) if cfg.per_sample_rates else ()
     if cfg.rate_sampling == "uniform":
         lo, hi = min(rates), max(rates)
-        return lo + (hi - lo) * float(torch.rand((), generator=generator))
-    return rates[int(torch.randint(len(rates), (), generator=generator))]
+        r = lo + (hi - lo) * torch.rand(size, generator=generator) ** cfg.rate_power
+    else:
+        r = torch.tensor(rates)[torch.randint(len(rates), size, generator=generator)]
+    return r.to(device) if cfg.per_sample_rates else float(r)
 
 
-def rate_lambda(cfg: CodecConfig, rate: float | None) -> float:
-    """The rate term's factor at ``rate``: ``rate_lambdas`` at the listed rates, log-linear between."""
+def rate_lambda(cfg: CodecConfig, rate: float | torch.Tensor | None) -> float | torch.Tensor:
+    """λ at ``rate`` (a float or one per sample): ``rate_lambdas`` at the listed rates, log-linear
+    between them, constant outside."""
     if rate is None or not cfg.rate_lambdas:
         return 1.0
-    pairs = sorted(zip(train_rates(cfg), (float(v) for v in cfg.rate_lambdas)))
-    if rate <= pairs[0][0]:
-        return pairs[0][1]
-    for (r0, l0), (r1, l1) in zip(pairs, pairs[1:]):
-        if rate <= r1:
-            t = (rate - r0) / (r1 - r0) if r1 > r0 else 0.0
-            return math.exp((1 - t) * math.log(l0) + t * math.log(l1))
-    return pairs[-1][1]
+    pairs = sorted(zip(train_rates(cfg), (math.log(float(v)) for v in cfg.rate_lambdas)))
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    if isinstance(rate, torch.Tensor):
+        values = np.exp(np.interp(rate.detach().cpu().double().numpy(), xs, ys))
+        return torch.as_tensor(values, dtype=torch.float32, device=rate.device)
+    return float(math.exp(np.interp(float(rate), xs, ys)))
+
+
+def term_factor(cfg: CodecConfig, term: str, rate: float | torch.Tensor | None) -> float | torch.Tensor:
+    """The rate-dependent factor of a term: λ(rate) on ``rate`` or on ``mse`` (``lambda_on``), and
+    ``low_rate_weight^(1 − rate)`` on ``rate``. 1 for every other term, and without a rate."""
+    if rate is None:
+        return 1.0
+    kind = term.partition(":")[0]
+    factor = 1.0
+    if kind == ("rate" if cfg.lambda_on == "rate" else "mse"):
+        factor = rate_lambda(cfg, rate)
+    if kind == "rate" and cfg.low_rate_weight != 1.0:
+        factor = factor * cfg.low_rate_weight ** (1 - rate)
+    return factor
 
 
 def val_rates(cfg: CodecConfig, continuous: bool) -> list[dict]:
@@ -120,6 +191,101 @@ def val_rates(cfg: CodecConfig, continuous: bool) -> list[dict]:
 
 def rate_value(rate: dict) -> float | None:
     return rate.get("rate")
+
+
+# -- start weights, final weights ------------------------------------------------------------------
+def fresh_module(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A newly initialised module of ``net``'s architecture (seeded): ICMNet from its ``config``,
+    CompressAI models from their widths ``N``, ``M``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(getattr(net, "config", None), dict):
+            return type(net)(**net.config)
+        if hasattr(net, "N") and hasattr(net, "M"):
+            return type(net)(int(net.N), int(net.M))
+        if hasattr(net, "N"):
+            return type(net)(int(net.N))
+    raise UserError(f"init = 'scratch': cannot build a new {type(net).__name__} (no config or N/M widths)")
+
+
+def init_file(init: str) -> Path:
+    """The weights ``init`` names: a state-dict file, or a previous run's out folder (its model.pth)."""
+    path = Path(init)
+    if path.is_dir():
+        path = path / FINAL
+        if not path.is_file():
+            raise UserError(f"init {init}: no {FINAL} in that folder (has its run finished?)")
+    elif not path.is_file():
+        raise UserError(f"init {init}: no such file or run folder")
+    return path
+
+
+def load_init(trainable: Trainable, init: str, seed: int) -> dict:
+    """Start from ``init``: a fresh module (``"scratch"``), or a fresh module overwritten by a state dict.
+    Keys the file lacks keep their new initialisation (e.g. an aux branch added to a primary-only model);
+    keys the module lacks, or of another shape, are a UserError. Returns what was loaded."""
+    from icm.codecs.learned import load_checkpoint
+
+    net = trainable.net
+    fresh = fresh_module(net, seed)
+    if hasattr(fresh, "update"):
+        fresh.update(force=True)
+    state = fresh.state_dict()
+    missing: list[str] = []
+    if init != "scratch":
+        path = init_file(init)
+        loaded = load_checkpoint(path)
+        unexpected = sorted(set(loaded) - set(state))
+        wrong = sorted(k for k in set(loaded) & set(state) if loaded[k].shape != state[k].shape
+                       and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")))
+        if unexpected or wrong:
+            raise UserError(f"init {path} does not fit {trainable.codec.name!r} "
+                            f"({'unknown key ' + unexpected[0] if unexpected else 'shape of ' + wrong[0] + ' differs'})")
+        missing = sorted(set(state) - set(loaded))
+        state.update({k: v.to(state[k].dtype) if v.is_floating_point() else v for k, v in loaded.items()})
+    load_module_state(net, state)
+    repair_likelihood_bounds(net)
+    if hasattr(net, "update"):
+        net.update(force=True)
+    return {"init": init, "new_keys": len(missing), "new_modules": sorted({k.split(".")[0] for k in missing})}
+
+
+CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def load_module_state(net: torch.nn.Module, state: dict) -> None:
+    """``load_state_dict`` that first resizes the entropy models' CDF tables to the saved ones (their
+    size follows the weights, so it changes with training)."""
+    buffers = dict(net.named_buffers())
+    modules = dict(net.named_modules())
+    for key, value in state.items():
+        owner, _, name = key.rpartition(".")
+        if name in CDF_BUFFERS and key in buffers and buffers[key].shape != value.shape:
+            modules[owner]._buffers[name] = torch.empty_like(value, device=buffers[key].device)
+    net.load_state_dict(state)
+
+
+FINAL = "model.pth"  # a run's final weights in its out folder: what a later stage's init reads
+
+
+def final_state(net: torch.nn.Module) -> dict:
+    """The module's state with the entropy models' CDF tables rebuilt from its current weights."""
+    if hasattr(net, "update"):
+        net.update(force=True)
+    return net.state_dict()
+
+
+def half_state(state: dict) -> dict:
+    """fp16 copy for shipping, except tensors fp16 cannot hold (a bound of 1e-9 would become 0)."""
+    out = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            h = v.half()
+            lost = (~torch.isfinite(h)).any() or ((h == 0) & (v != 0)).any()
+            out[k] = v if bool(lost) else h
+        else:
+            out[k] = v
+    return out
 
 
 # -- candidates back into the codec registry --------------------------------------------------------

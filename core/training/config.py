@@ -17,9 +17,14 @@ class CodecConfig:
     quality: int | None = None  # quality-indexed codecs (CompressAI): the one quality fine-tuned
     rates: list[float] | None = None  # continuous-rate codecs: training rates in [0, 1]
     rate_sampling: str = "list"  # "list": one of `rates` per batch; "uniform": uniform in [min, max]
-    rate_lambdas: list[float] | None = None  # per-rate factor on the rate term (log-interpolated)
+    per_sample_rates: bool = False  # continuous codecs: one rate per sample instead of one per batch
+    rate_power: float = 1.0  # "uniform": rate = min + (max - min)·u^p, p > 1 samples low rates more
+    rate_lambdas: list[float] | None = None  # λ(rate) at the listed rates (log-interpolated)
+    lambda_on: str = "rate"  # the term λ(rate) scales: "rate" or "distortion" (the mse term)
+    low_rate_weight: float = 1.0  # the rate term is also weighted low_rate_weight^(1 - rate)
     val_rates: list[float] | None = None  # continuous codecs: rates validated every epoch (default: rates)
     beta: float = 1.0  # continuous codecs: passed as forward(x, rate, beta=...)
+    train_modules: list[str] | None = None  # train only these submodules; the rest frozen, in eval mode
     pad_to: int = 64
 
 
@@ -52,6 +57,18 @@ class TrainConfig:
     out: str = "results/train"
     reevaluate: bool = True  # re-evaluate the Pareto-front candidates with real bitstreams at the end
     eval_batch_size: int = 8
+    init: str | None = None  # start weights: a state-dict file, a previous run's out folder, or "scratch"
+    export: str | None = None  # also write the final weights here, fp16, in the shipped format
+    steps_per_epoch: int | None = None  # an epoch is this many batches drawn at random (default: one pass)
+    lr_schedule: str = "exponential"  # "exponential" (lr_decay per epoch) or "cosine" (per step)
+    lr_steps: int | None = None  # cosine: the schedule's length in steps (default: every step of the run)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    stop_after: int | None = None  # stop after this many steps (the cosine still spans lr_steps)
+    crop: int | None = None  # random square crops of this size, one position per batch
+    hflip: bool = False  # flip each sample left-right with probability 1/2
+    clamp_for_tasks: bool = False  # task models see x̂ clamped to [0, 1]
+    task_scales: dict[str, float] = field(default_factory=dict)  # multiplies every term of a task
+    skip_nonfinite: bool = True  # skip (and count) steps whose loss or gradient is not finite
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,8 +122,24 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
         raise UserError(f"{source}: codec.rate_lambdas needs one value per codec.rates entry")
     if cfg.codec.rate_sampling not in ("list", "uniform"):
         raise UserError(f"{source}: codec.rate_sampling must be 'list' or 'uniform'")
+    if cfg.codec.lambda_on not in ("rate", "distortion"):
+        raise UserError(f"{source}: codec.lambda_on must be 'rate' or 'distortion'")
+    if cfg.codec.rate_power <= 0 or cfg.codec.low_rate_weight <= 0:
+        raise UserError(f"{source}: codec.rate_power and codec.low_rate_weight must be > 0")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UserError(f"{source}: epochs and batch_size must be >= 1")
+    if cfg.lr_schedule not in ("exponential", "cosine"):
+        raise UserError(f"{source}: lr_schedule must be 'exponential' or 'cosine'")
+    for key in ("steps_per_epoch", "lr_steps", "stop_after", "crop"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise UserError(f"{source}: {key} must be >= 1")
+    if cfg.warmup_steps < 0:
+        raise UserError(f"{source}: warmup_steps must be >= 0")
+    unknown_tasks = sorted(set(cfg.task_scales) - named)
+    if unknown_tasks:
+        raise UserError(f"{source}: task_scales names {unknown_tasks}, which are not tasks of this run")
+    if cfg.crop and any(k.partition(":")[0] in ("task", "gtbox_distill") for k in losses):
+        raise UserError(f"{source}: crop cuts the images the ground truth describes; task and gtbox_distill terms need whole images")
     return cfg
 
 

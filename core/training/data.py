@@ -42,3 +42,38 @@ def pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def sampled_batches(images: list[dict], batch_size: int, steps: int, seed: int, epoch: int,
+                    rank: int = 0) -> list[list[dict]]:
+    """``steps`` batches drawn with replacement (the step-based recipe of the shipped codecs): a random
+    image, then the rest of the batch at random among the images of its size. Seeded by (seed, epoch,
+    rank): every rank draws its own batches."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch * 101 + rank)
+    groups: dict[tuple, list[dict]] = {}
+    for s in images:
+        groups.setdefault((s["height"], s["width"]), []).append(s)
+    batches = []
+    for _ in range(steps):
+        first = images[int(torch.randint(len(images), (), generator=g))]
+        group = groups[(first["height"], first["width"])]
+        batches.append([group[int(i)] for i in torch.randint(len(group), (batch_size,), generator=g)])
+    return batches
+
+
+def augment(x: torch.Tensor, crop: int | None = None, hflip: bool = False) -> torch.Tensor:
+    """A random ``crop``×``crop`` window (one position for the batch) and, with ``hflip``, each sample
+    flipped left-right with probability 1/2. Uses the global torch RNG (seeded by the run)."""
+    if crop:
+        h, w = x.shape[-2:]
+        if crop > min(h, w):
+            from icm.errors import UserError
+
+            raise UserError(f"crop {crop} is larger than the images ({w}x{h})")
+        top = int(torch.randint(0, h - crop + 1, ()))
+        left = int(torch.randint(0, w - crop + 1, ()))
+        x = x[..., top:top + crop, left:left + crop]
+    if hflip:
+        flip = torch.rand(x.shape[0]) < 0.5
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    return x

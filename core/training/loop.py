@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -16,13 +17,13 @@ from tqdm import tqdm
 
 from icm.bitstream import atomic_write_bytes
 from icm.datasets import load_dataset
-from icm.errors import UserError
+from icm.errors import IcmError, UserError
 from icm.evaluation.engine import _jsonable, dist_setup, gather, write_json
 from icm.plugins import get_plugins
 from icm.tasks import Batch
 from icm.training import codec as C
 from icm.training.config import TrainConfig
-from icm.training.data import epoch_batches, load_batch, pad
+from icm.training.data import augment, epoch_batches, load_batch, pad, sampled_batches
 from icm.training.losses import Context, all_likelihoods, build_loss
 from icm.training.pareto import candidates, reevaluate, select_front
 from icm.training.plot import plot_history
@@ -30,6 +31,10 @@ from icm.training.schedules import build_schedule
 from icm.training.validate import validate
 
 STATE = "state.pt"
+
+
+class TrainingDiverged(IcmError):
+    """The loss was not finite for a whole epoch, or the weights are no longer finite: nothing is saved."""
 
 
 def plain(obj):
@@ -111,10 +116,16 @@ class Run:
             a.bind(self.train_ds)
         self.losses = {t: build_loss(t, spec.options) for t, spec in cfg.losses.items()}
         self.trainable = C.open_for_training(cfg.codec, self.device)
+        self.init = C.load_init(self.trainable, cfg.init, cfg.seed) if cfg.init else None
         self.schedule = build_schedule(cfg.schedule, list(self.losses), cfg.schedule_options)
         self.rates = C.val_rates(cfg.codec, self.trainable.continuous)
         self.history: list[dict] = []
         self.start = 1
+        self.steps_per_epoch = cfg.steps_per_epoch or len(
+            epoch_batches(self.train_images, cfg.batch_size, cfg.seed, 1, self.rank, self.world))
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.stop_after is not None:
+            self.total_steps = min(self.total_steps, cfg.stop_after)
         state = self._load_state() if resume else None
         main, self.aux = self.trainable.main_and_aux_parameters()
         self.main = main
@@ -143,55 +154,109 @@ class Run:
         if changed:
             raise UserError(f"{path} was trained with another config ({', '.join(changed)} differ): "
                             f"use --no-resume to start again, or another --out")
-        self.trainable.net.load_state_dict(state["model"])
+        C.load_module_state(self.trainable.net, state["model"])
         self.schedule.load_state_dict(state.get("schedule", {}))
+        for t, loss_state in (state.get("losses") or {}).items():
+            if t in self.losses:
+                self.losses[t].load_state_dict(loss_state)
         self.history = state.get("history", [])
         self.start = int(state["epoch"]) + 1
         return state
 
     # -- one epoch ---------------------------------------------------------------------------------
+    def lr_at(self, step: int, epoch: int) -> float:
+        """The learning rate of global step ``step`` (from 0): the per-epoch exponential decay or a
+        per-step cosine over ``lr_steps``, times a linear warm-up over ``warmup_steps``."""
+        cfg = self.cfg
+        if cfg.lr_schedule == "cosine":
+            length = cfg.lr_steps or self.total_steps
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, length) / length))
+        else:
+            lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            lr *= (step + 1) / cfg.warmup_steps
+        return lr
+
+    def term_values(self, ctx: Context, active: list[str], rate) -> dict[str, torch.Tensor]:
+        """Each active term, weighted: mean over samples of (value × its rate factor), × the configured
+        weight × the task's scale (the schedule's factor comes after, in ``combine``)."""
+        cfg, out = self.cfg, {}
+        for t in active:
+            value = self.losses[t](ctx) * C.term_factor(cfg.codec, t, rate)
+            task = t.partition(":")[2]
+            out[t] = value.mean() * cfg.losses[t].weight * float(cfg.task_scales.get(task, 1.0))
+        return out
+
     def train_epoch(self, epoch: int) -> dict:
         cfg, t0 = self.cfg, time.time()
         self.schedule.set_epoch(epoch)
-        lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
         self.model.train()
-        batches = epoch_batches(self.train_images, cfg.batch_size, cfg.seed, epoch, self.rank, self.world)
+        if cfg.steps_per_epoch:
+            batches = sampled_batches(self.train_images, cfg.batch_size, cfg.steps_per_epoch, cfg.seed, epoch, self.rank)
+        else:
+            batches = epoch_batches(self.train_images, cfg.batch_size, cfg.seed, epoch, self.rank, self.world)
         if not batches:
             raise UserError(f"not enough training images for {self.world} rank(s) at batch size {cfg.batch_size}")
+        first = (epoch - 1) * self.steps_per_epoch
+        batches = batches[: max(0, self.total_steps - first)]
         active = self.schedule.active()
-        sums, steps, total_sum = {t: 0.0 for t in active}, 0, 0.0
+        sums, steps, skipped, total_sum = {t: 0.0 for t in active}, 0, 0, 0.0
+        lr = self.lr_at(first, epoch)
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress or self.rank != 0)
-        for samples in bar:
-            x = load_batch(samples, self.device)
+        for i, samples in enumerate(bar):
+            lr = self.lr_at(first + i, epoch)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            x = augment(load_batch(samples, self.device), cfg.crop, cfg.hflip)
             h, w = x.shape[-2:]
-            rate = C.sample_rate(cfg.codec, self.trainable.continuous)
+            rate = C.sample_rate(cfg.codec, self.trainable.continuous, n=x.shape[0], device=self.device)
             out = self.model(pad(x, cfg.codec.pad_to), rate)
-            ctx = Context(x, out["x_hat"][..., :h, :w], all_likelihoods(out), Batch(x, samples), self.adapters)
-            values = {t: self.losses[t](ctx) * cfg.losses[t].weight * (C.rate_lambda(cfg.codec, rate) if t == "rate" else 1.0)
-                      for t in active}
+            ctx = Context(x, out["x_hat"][..., :h, :w], all_likelihoods(out), Batch(x, samples), self.adapters,
+                          rate=rate, clamp=cfg.clamp_for_tasks)
+            values = self.term_values(ctx, active, rate)
             total = self.schedule.combine(values)
             self.opt.zero_grad(set_to_none=True)
-            if total.requires_grad:
+            ok = self._all_ranks(bool(torch.isfinite(total.detach())))
+            if ok and total.requires_grad:
                 total.backward()
                 _allreduce_grads(self.schedule.parameters(), self.world)
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(self.main, cfg.clip_grad)
+                norm = torch.nn.utils.clip_grad_norm_(self.main, cfg.clip_grad or float("inf"))
+                ok = self._all_ranks(bool(torch.isfinite(norm)))
+                if ok or not cfg.skip_nonfinite:
+                    self.opt.step()
+            elif not ok and not cfg.skip_nonfinite and total.requires_grad:
+                total.backward()
                 self.opt.step()
             self._aux_step()
+            if not ok:
+                skipped += 1
+                self.opt.zero_grad(set_to_none=True)
+                continue
             for t, v in values.items():
                 sums[t] += float(v.detach())
             total_sum += float(total.detach())
             steps += 1
-            bar.set_postfix(loss=f"{total_sum / steps:.4g}")
-        sums = _allreduce_sums({**sums, "_total": total_sum, "_steps": float(steps)}, self.world)
-        n = sums.pop("_steps")
+            bar.set_postfix(loss=f"{total_sum / steps:.4g}", skipped=skipped)
+        sums = _allreduce_sums({**sums, "_total": total_sum, "_steps": float(steps), "_skipped": float(skipped)},
+                               self.world)
+        n, skipped = sums.pop("_steps"), int(sums.pop("_skipped"))
+        if n == 0:
+            raise TrainingDiverged(f"epoch {epoch}: the loss was not finite at any of its {skipped} step(s); "
+                                   f"nothing saved (lower lr, check the start weights)")
         means = {t: v / n for t, v in sums.items()}
         factors = self.schedule.factors()
         self.schedule.end_epoch(epoch, {t: means[t] for t in active})
-        return {"epoch": epoch, "lr": lr, "batches": int(n), "total": means.pop("_total"), "losses": means,
+        return {"epoch": epoch, "lr": lr, "batches": int(n) + skipped, "steps": int(n), "skipped_steps": skipped,
+                "total": means.pop("_total"), "losses": means,
                 "weights": {t: cfg.losses[t].weight * factors[t] for t in self.losses}, "train_seconds": time.time() - t0}
+
+    def _all_ranks(self, flag: bool) -> bool:
+        """``flag`` on every rank (DDP: a step is skipped everywhere if it is skipped anywhere)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item() > 0)
 
     def _aux_step(self):
         if self.aux_opt is None:
@@ -199,6 +264,8 @@ class Run:
         for q in self.aux:
             q.requires_grad_(True)
         loss = self.trainable.aux_loss()
+        if loss is None:
+            return
         self.aux_opt.zero_grad(set_to_none=True)
         loss.backward()
         _allreduce_grads(self.aux, self.world)
@@ -220,7 +287,10 @@ class Run:
         rng = gather(torch.get_rng_state(), self.world)
         if self.rank != 0:
             return
-        net = self.trainable.net.state_dict()
+        net = C.final_state(self.trainable.net)  # CDF tables rebuilt from the weights being saved
+        bad = [k for k, v in net.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingDiverged(f"epoch {epoch}: the weights are no longer finite ({bad[0]}); nothing saved")
         candidate = self.ckdir / f"epoch_{epoch:03d}.pth"
         save_torch(net, candidate)  # the candidate: a plain state dict, loadable as the codec's checkpoint
         entry["checkpoint"] = str(candidate.relative_to(self.out))
@@ -228,19 +298,22 @@ class Run:
         save_torch({"epoch": epoch, "model": net, "optimizer": self.opt.state_dict(),
                     "aux_optimizer": self.aux_opt.state_dict() if self.aux_opt else None,
                     "schedule": self.schedule.state_dict(), "rng": rng, "history": self.history,
+                    "losses": {t: loss.state_dict() for t, loss in self.losses.items()},
                     "config": plain(self.cfg.to_dict())}, self.ckdir / STATE)
         self.write_log()
         plot_history(self.history, self.out / "plot.png")
 
     def write_log(self, pareto: list | None = None) -> None:
         write_json(self.out / "log.json", {"schema": "icm.train-log/1", "config": self.cfg.to_dict(),
-                                           "world_size": self.world, "epochs": self.history,
+                                           "world_size": self.world, "init": self.init, "epochs": self.history,
                                            **({"pareto": pareto} if pareto is not None else {})})
 
     # -- the whole run -----------------------------------------------------------------------------
     def run(self) -> dict | None:
         trained = []
         for epoch in range(self.start, self.cfg.epochs + 1):
+            if (epoch - 1) * self.steps_per_epoch >= self.total_steps:
+                break  # stop_after reached
             entry = self.train_epoch(epoch)
             t0 = time.time()
             entry["val"] = self.validate()
@@ -252,11 +325,24 @@ class Run:
                 tqdm.write(_summary_line(entry))
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, entry)
+        self.write_final()
         pareto = self.final() if self.cfg.reevaluate else None
         if self.rank != 0:
             return None
         return {"out": str(self.out), "trained_epochs": trained, "start_epoch": self.start, "history": self.history,
-                "pareto": pareto}
+                "pareto": pareto, "model": str(self.out / C.FINAL), "export": self.cfg.export}
+
+    def write_final(self) -> None:
+        """OUT/model.pth (the last weights, CDF tables rebuilt: what a later stage's ``init`` reads) and,
+        with ``export``, the same weights in fp16 in the shipped format."""
+        if self.rank != 0 or not self.history:
+            return
+        state = C.final_state(self.trainable.net)
+        save_torch(state, self.out / C.FINAL)
+        if self.cfg.export:
+            export = Path(self.cfg.export)
+            export.parent.mkdir(parents=True, exist_ok=True)
+            save_torch(C.half_state(state), export)
 
     def final(self) -> list[dict] | None:
         front = select_front(candidates(self.history)) if self.rank == 0 else None
@@ -289,10 +375,16 @@ def _changed_keys(saved: dict, now: dict) -> list[str]:
     return sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
 
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _summary_line(entry: dict) -> str:
-    parts = [f"epoch {entry['epoch']}: loss {entry['total']:.4g}"]
+    parts = [f"epoch {entry['epoch']}: loss {_num(entry['total'], '.4g')}"]
+    if entry.get("skipped_steps"):
+        parts[0] += f" ({entry['skipped_steps']} non-finite step(s) skipped)"
     for r in entry.get("val") or []:
-        parts.append(f"{r['rate_key']}: {r['est_bpp']:.4f} bpp, score {r['score']:.4g}")
+        parts.append(f"{r['rate_key']}: {_num(r['est_bpp'], '.4f')} bpp, score {_num(r['score'], '.4g')}")
     return "; ".join(parts)
 
 

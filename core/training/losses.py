@@ -1,10 +1,13 @@
 """Loss terms for training codecs, each named as in the config's ``[losses]`` table.
 
 A term is ``KIND`` or ``KIND:TASK``: ``rate``, ``mse``, ``task:T``, ``distill:T``,
-``objectness_distill:T``, ``gtbox_distill:T``, ``cognition`` / ``cognition:T``. Every term is computed
-from a :class:`Context` (originals, the codec output, the batch, the task adapters, and a per-batch
-cache so that what depends only on the originals, or is shared by several terms, is computed once).
-Formulas: docs/training.md.
+``objectness_distill:T``, ``gtbox_distill:T``, ``cognition`` / ``cognition:T``. The kinds live in a
+plain registry filled by the ``icm_register_losses`` hook (built-ins: icm/training/builtin_losses.py),
+so a plugin adds a kind the same way. Every term is computed from a :class:`Context` (originals, the
+codec output, the batch, the task adapters, the rate, and a per-batch cache so that what depends only
+on the originals, or is shared by several terms, is computed once). A term returns a scalar or one
+value per sample (``rate`` and ``mse`` do, so that per-sample rate factors apply). Formulas:
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from icm.errors import UserError
+from icm.registry import Registry
 from icm.tasks import Batch, TaskAdapter
 
 
@@ -29,6 +33,13 @@ class Context:
     batch: Batch
     adapters: dict[str, TaskAdapter]
     cache: dict = field(default_factory=dict)
+    rate: float | torch.Tensor | None = None  # the batch's rate (continuous codecs): a float or one per sample
+    clamp: bool = False  # the task models see x̂ clamped to [0, 1] (config `clamp_for_tasks`)
+
+    @property
+    def x_task(self) -> torch.Tensor:
+        """What the task models see of the decoded images."""
+        return self.x_hat.clamp(0, 1) if self.clamp else self.x_hat
 
     def _cached(self, key, make):
         if key not in self.cache:
@@ -42,7 +53,7 @@ class Context:
         return self._cached(("features", task), make)
 
     def decoded_features(self, task: str) -> list[torch.Tensor]:
-        return self._cached(("decoded_features", task), lambda: list(self.adapters[task].features(self.x_hat)))
+        return self._cached(("decoded_features", task), lambda: list(self.adapters[task].features(self.x_task)))
 
     def original_objectness(self, task: str) -> list[torch.Tensor]:
         def make():
@@ -61,8 +72,12 @@ def all_likelihoods(out: dict) -> dict[str, torch.Tensor]:
 
 
 class Loss:
+    """Base class of the loss kinds. A subclass sets ``kind``; ``__init__(task, **options)`` takes the
+    term's task (None for ``KIND`` alone) and its options from the config; ``__call__(ctx)`` returns a
+    scalar tensor or one value per sample ``(N,)``. ``state_dict``/``load_state_dict`` keep running
+    state (e.g. a running mean) across a resume."""
+
     kind = ""
-    needs_task = True
 
     def __init__(self, task: str | None = None):
         self.task = task
@@ -74,49 +89,103 @@ class Loss:
     def __call__(self, ctx: Context) -> torch.Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class Rate(Loss):
-    """Estimated bits per pixel: ``Σ -log2 p`` over every latent's likelihoods (y and z) / (N·H·W)."""
+    """Estimated bits per pixel of each sample: ``Σ -log2 p`` over every latent's likelihoods (y and z,
+    and the auxiliary stream's) / (H·W); ``latents`` keeps only the named ones (e.g. ``["aux.aux"]``)."""
 
-    kind, needs_task = "rate", False
+    kind = "rate"
+
+    def __init__(self, task=None, latents: list[str] | None = None):
+        super().__init__(task)
+        self.latents = None if latents is None else [str(k) for k in latents]
 
     def __call__(self, ctx):
-        n, _, h, w = ctx.x.shape
-        return sum(-torch.log2(v).sum() for v in ctx.likelihoods.values()) / (n * h * w)
+        _, _, h, w = ctx.x.shape
+        keys = list(ctx.likelihoods) if self.latents is None else self.latents
+        missing = [k for k in keys if k not in ctx.likelihoods]
+        if missing:
+            raise UserError(f"loss rate: no latent {missing[0]!r} in the codec output (it has {sorted(ctx.likelihoods)})")
+        return sum(-torch.log2(ctx.likelihoods[k]).flatten(1).sum(1) for k in keys) / (h * w)
 
 
 class MSE(Loss):
-    kind, needs_task = "mse", False
+    """Mean squared error of each sample, in [0, 1] units."""
+
+    kind = "mse"
 
     def __call__(self, ctx):
-        return F.mse_loss(ctx.x_hat, ctx.x)
+        return ((ctx.x_hat - ctx.x) ** 2).flatten(1).mean(1)
 
 
 class Task(Loss):
-    """The task's own training loss on the decoded images (Le Eq. 3.6 ``L_task``)."""
+    """The task's own training loss on the decoded images (Le Eq. 3.6 ``L_task``). With ``normalise``,
+    divided by its running mean ``m ← momentum·m + (1 − momentum)·L`` (started at the first value), so
+    tasks whose losses differ in scale weigh alike."""
 
     kind = "task"
 
+    def __init__(self, task=None, normalise: bool = False, momentum: float = 0.98):
+        super().__init__(task)
+        self.normalise, self.momentum = bool(normalise), float(momentum)
+        if not 0.0 <= self.momentum < 1.0:
+            raise UserError(f"loss {self.name}: momentum must be in [0, 1)")
+        self.running: float | None = None
+
     def __call__(self, ctx):
-        return ctx.adapters[self.task].loss(ctx.x_hat, ctx.batch)
+        value = ctx.adapters[self.task].loss(ctx.x_task, ctx.batch)
+        if not self.normalise:
+            return value
+        v = float(value.detach())
+        if math.isfinite(v):
+            self.running = v if self.running is None else self.momentum * self.running + (1 - self.momentum) * v
+        return value / max(self.running if self.running is not None else v, 1e-6)
+
+    def state_dict(self):
+        return {"running": self.running}
+
+    def load_state_dict(self, state):
+        self.running = state.get("running")
 
 
-def _weighted_mse(f: torch.Tensor, f_hat: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def _weighted_mse(f: torch.Tensor, f_hat: torch.Tensor, weight: torch.Tensor | None, relative: bool) -> torch.Tensor:
     err = (f - f_hat) ** 2
+    if relative:  # relative to the target's energy: feature levels and tasks of any scale weigh alike
+        err = err / f.pow(2).mean().clamp_min(1e-8)
     return err.mean() if weight is None else (weight * err).mean()
 
 
-def _fit(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+RESIZE = ("bilinear", "nearest")
+
+
+def _fit(weight: torch.Tensor, like: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """A (N, 1, h, w) weight map resized to a feature map's spatial size if it differs."""
     if weight.shape[-2:] != like.shape[-2:]:
-        weight = F.interpolate(weight, size=like.shape[-2:], mode="bilinear", align_corners=False)
+        extra = {"align_corners": False} if mode == "bilinear" else {}
+        weight = F.interpolate(weight, size=like.shape[-2:], mode=mode, **extra)
     return weight
 
 
+def _mean_one(weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weights normalised per image (and level) to mean 1: ``(w + ε) / (mean_hw w + ε)``."""
+    return (weight + eps) / (weight.mean(dim=(2, 3), keepdim=True) + eps)
+
+
 class Distill(Loss):
-    """Feature distillation: ``1/L Σ_l MSE(F_l(x), F_l(x̂))`` over the adapter's feature levels."""
+    """Feature distillation: ``1/L Σ_l MSE(F_l(x), F_l(x̂))`` over the adapter's feature levels; with
+    ``relative``, each level's error is divided by the energy ``mean(F_l(x)²)`` of its target."""
 
     kind = "distill"
+
+    def __init__(self, task=None, relative: bool = False):
+        super().__init__(task)
+        self.relative = bool(relative)
 
     def weights(self, ctx: Context, feats: list[torch.Tensor]) -> list[torch.Tensor | None]:
         return [None] * len(feats)
@@ -126,28 +195,32 @@ class Distill(Loss):
         if len(feats) != len(hats) or not feats:
             raise UserError(f"loss {self.name}: features() gave {len(feats)} and {len(hats)} levels")
         ws = self.weights(ctx, feats)
-        return sum(_weighted_mse(f, h, w) for f, h, w in zip(feats, hats, ws)) / len(feats)
+        return sum(_weighted_mse(f, h, w, self.relative) for f, h, w in zip(feats, hats, ws)) / len(feats)
+
+
+def _resize_option(name: str, resize: str, allowed) -> str:
+    if resize not in allowed:
+        raise UserError(f"loss {name}: resize must be one of {', '.join(allowed)}, not {resize!r}")
+    return resize
 
 
 class ObjectnessDistill(Distill):
     """Paper 003: ``1/L Σ_l mean(O_l · (F_l - F̂_l)²)``, ``O_l`` the objectness on the original image,
-    normalised per image and level to mean 1: ``O'_l = (O_l + ε) / (mean_hw O_l + ε)``."""
+    resized to the level (``resize``: bilinear or nearest) and normalised per image and level to mean 1:
+    ``O'_l = (O_l + ε) / (mean_hw O_l + ε)``."""
 
     kind = "objectness_distill"
 
-    def __init__(self, task=None, eps: float = 1e-6):
-        super().__init__(task)
+    def __init__(self, task=None, eps: float = 1e-6, relative: bool = False, resize: str = "bilinear"):
+        super().__init__(task, relative)
         self.eps = float(eps)
+        self.resize = _resize_option(self.name, resize, RESIZE)
 
     def weights(self, ctx, feats):
         maps = ctx.original_objectness(self.task)
         if len(maps) != len(feats):
             raise UserError(f"loss {self.name}: {len(maps)} objectness maps for {len(feats)} feature levels")
-        out = []
-        for o, f in zip(maps, feats):
-            o = _fit(o.float(), f)
-            out.append((o + self.eps) / (o.mean(dim=(2, 3), keepdim=True) + self.eps))
-        return out
+        return [_mean_one(_fit(o.float(), f, self.resize), self.eps) for o, f in zip(maps, feats)]
 
 
 _BOXES: dict[Path, dict[int, list[list[float]]]] = {}
@@ -167,31 +240,45 @@ def gt_boxes(dataset) -> dict[int, list[list[float]]]:
     return _BOXES[path]
 
 
+def _box_mask(ctx: Context, boxes: dict, size: tuple[int, int], device) -> torch.Tensor:
+    """(N, 1, H, W): 1 where a pixel lies in a ground-truth box of its image (box edges rounded outwards)."""
+    mask = torch.zeros(len(ctx.batch.samples), 1, *size, device=device)
+    for i, s in enumerate(ctx.batch.samples):
+        for bx, by, bw, bh in boxes.get(s["id"], []):
+            x0, y0 = max(0, int(math.floor(bx))), max(0, int(math.floor(by)))
+            x1, y1 = int(math.ceil(bx + bw)), int(math.ceil(by + bh))
+            mask[i, 0, y0:y1, x0:x1] = 1.0
+    return mask
+
+
 class GTBoxDistill(Distill):
     """Distillation weighted 1 inside the ground-truth boxes and ``floor`` elsewhere (paper 003's
-    GT baseline). A feature cell counts as inside when its stride×stride footprint touches a box."""
+    GT baseline). ``resize = "footprint"`` (default): a feature cell counts as inside when its
+    stride×stride footprint touches a box; ``"nearest"``: the image-size mask nearest-resized to the
+    level. ``normalise``: the weights averaged to 1 per image and level, as objectness weights are."""
 
     kind = "gtbox_distill"
 
-    def __init__(self, task=None, floor: float = 0.1):
-        super().__init__(task)
-        self.floor = float(floor)
+    def __init__(self, task=None, floor: float = 0.1, relative: bool = False, resize: str = "footprint",
+                 normalise: bool = False):
+        super().__init__(task, relative)
+        self.floor, self.normalise = float(floor), bool(normalise)
+        self.resize = _resize_option(self.name, resize, ("footprint", "nearest"))
 
     def weights(self, ctx, feats):
         boxes = gt_boxes(ctx.adapters[self.task].dataset)
-        n, _, h, w = ctx.x.shape
+        _, _, h, w = ctx.x.shape
         out = []
         for f in feats:
-            fh, fw = f.shape[-2:]
-            stride = 2 ** max(0, round(math.log2(max(h / fh, 1e-9))))
-            mask = torch.zeros(n, 1, fh * stride, fw * stride, device=f.device)
-            for i, s in enumerate(ctx.batch.samples):
-                for bx, by, bw, bh in boxes.get(s["id"], []):
-                    x0, y0 = max(0, int(math.floor(bx))), max(0, int(math.floor(by)))
-                    x1, y1 = int(math.ceil(bx + bw)), int(math.ceil(by + bh))
-                    mask[i, 0, y0:y1, x0:x1] = 1.0
-            inside = F.max_pool2d(mask, stride) if stride > 1 else mask
-            out.append(self.floor + (1.0 - self.floor) * inside)
+            if self.resize == "nearest":
+                inside = _fit(_box_mask(ctx, boxes, (h, w), f.device), f, "nearest")
+            else:
+                fh, fw = f.shape[-2:]
+                stride = 2 ** max(0, round(math.log2(max(h / fh, 1e-9))))
+                mask = _box_mask(ctx, boxes, (fh * stride, fw * stride), f.device)
+                inside = F.max_pool2d(mask, stride) if stride > 1 else mask
+            weight = self.floor + (1.0 - self.floor) * inside
+            out.append(_mean_one(weight, 0.0) if self.normalise else weight)
         return out
 
 
@@ -201,7 +288,7 @@ class Cognition(Loss):
     average-pooled feature levels of the task (every task when none is named), concatenated and
     L2-normalised."""
 
-    kind, needs_task = "cognition", False
+    kind = "cognition"
 
     def __init__(self, task=None, tau: float = 0.07, lambda_local: float = 1e-5):
         super().__init__(task)
@@ -224,19 +311,43 @@ class Cognition(Loss):
         return contrastive + self.lambda_local * local
 
 
-KINDS = {c.kind: c for c in (Rate, MSE, Task, Distill, ObjectnessDistill, GTBoxDistill, Cognition)}
+TASK_MODES = ("required", "optional", "none")  # the ``task`` meta of a registered loss kind
+
+_fallback: Registry | None = None
+
+
+def loss_registry() -> Registry:
+    """The loss-kind registry of the process-wide plugin set (built-ins and plugins' kinds); the
+    built-ins alone when the plugin set has no ``losses`` registry."""
+    global _fallback
+    from icm.plugins import get_plugins
+
+    registry = getattr(get_plugins(), "losses", None)
+    if registry is not None:
+        return registry
+    if _fallback is None:
+        from icm.training.builtin_losses import icm_register_losses
+
+        _fallback = Registry("loss")
+        icm_register_losses(register=lambda n, o, **meta: _fallback.register(n, o, plugin="icm.training", **meta))
+    return _fallback
 
 
 def build_loss(term: str, options: dict | None = None) -> Loss:
     kind, _, task = term.partition(":")
-    if kind not in KINDS:
-        raise UserError(f"unknown loss {term!r} (known: {', '.join(sorted(KINDS))}; task losses as KIND:TASK)")
-    cls = KINDS[kind]
-    if cls.needs_task and not task:
+    registry = loss_registry()
+    if kind not in registry:
+        raise UserError(f"unknown loss {term!r} (known: {', '.join(registry.names())}; task losses as KIND:TASK)")
+    entry = registry.entry(kind)
+    mode = entry.meta.get("task", "required")
+    if mode == "required" and not task:
         raise UserError(f"loss {kind!r} needs a task: write '{kind}:TASK'")
-    if task and kind in ("rate", "mse"):
+    if task and mode == "none":
         raise UserError(f"loss {kind!r} takes no task")
     try:
-        return cls(task or None, **(options or {}))
+        loss = entry.obj(task or None, **(options or {}))
     except TypeError as exc:
         raise UserError(f"loss {term!r}: bad options {sorted(options or {})} ({exc})") from None
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss factory {kind!r} returned {type(loss).__name__}, not an icm.training.losses.Loss")
+    return loss

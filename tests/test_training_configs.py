@@ -1,0 +1,97 @@
+"""Every config in configs/train/ trains for one epoch with the real task models and codecs.
+
+Each config runs as written except for its size: 2 steps of 2 images (a pass over 4 images for the
+pass-based ones), 2 validation images, no Pareto re-evaluation, and its out/export folders moved to a
+temporary folder. Chains run in order, a config's `init` naming an earlier config's `out` pointing at
+that run's temporary folder, so the icm-omni chain is exercised link by link."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from icm.training.config import load_config
+from icm.training.loop import train
+
+CONFIGS = sorted((REPO / "configs" / "train").glob("*.toml"))
+
+
+def _chain_order(cfgs: dict[Path, object]) -> list[Path]:
+    """Configs in an order where each runs after the config whose `out` its `init` names."""
+    by_out = {str(Path(c.out)): p for p, c in cfgs.items()}
+    done: list[Path] = []
+
+    def visit(p):
+        if p in done:
+            return
+        parent = by_out.get(str(Path(cfgs[p].init))) if cfgs[p].init else None
+        if parent is not None:
+            visit(parent)
+        done.append(p)
+
+    for p in cfgs:
+        visit(p)
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("configs")
+    cfgs = {p: load_config(p) for p in CONFIGS}
+    outs = {str(Path(c.out)): tmp / p.stem for p, c in cfgs.items()}
+    results = {}
+    for p in _chain_order(cfgs):
+        cfg = cfgs[p]
+        cfg.out = str(outs[str(Path(cfg.out))])
+        if cfg.init and str(Path(cfg.init)) in outs:
+            cfg.init = str(outs[str(Path(cfg.init))])
+        if cfg.export:
+            cfg.export = str(tmp / "export" / p.stem / Path(cfg.export).name)
+        cfg.epochs, cfg.reevaluate = 1, False
+        cfg.train_limit, cfg.val_limit, cfg.batch_size, cfg.eval_batch_size = 4, 2, 2, 2
+        if cfg.steps_per_epoch:
+            cfg.steps_per_epoch = 2
+        cfg.device = "cpu"
+        results[p.stem] = (cfg, train(cfg, progress=False))
+    return results
+
+
+@pytest.mark.parametrize("config", [p.stem for p in CONFIGS])
+def test_config_trains_one_epoch_with_finite_losses(runs, config):
+    cfg, summary = runs[config]
+    (entry,) = summary["history"]
+    assert entry["steps"] >= 1 and entry["skipped_steps"] == 0
+    # every term the schedule weighs this epoch was computed (le_phased starts from MSE alone)
+    assert set(entry["losses"]) == {t for t, w in entry["weights"].items() if w != 0} and entry["losses"]
+    assert all(math.isfinite(v) for v in entry["losses"].values()), entry["losses"]
+    assert math.isfinite(entry["total"])
+    for row in entry["val"]:
+        assert math.isfinite(row["est_bpp"]) and row["est_bpp"] > 0, row
+    final = torch.load(Path(cfg.out) / "model.pth", weights_only=True)
+    assert all(bool(torch.isfinite(v).all()) for v in final.values() if v.is_floating_point())
+    if cfg.export:
+        exported = torch.load(cfg.export, weights_only=True)
+        assert exported.keys() == final.keys()
+        # shipped format: fp16, except what fp16 cannot hold (the entropy models' 1e-9 likelihood bound)
+        bounds = [k for k in exported if k.endswith("likelihood_lower_bound.bound")]
+        assert bounds and all(float(exported[k]) == pytest.approx(1e-9) for k in bounds)
+        assert any(v.dtype == torch.float16 for v in exported.values())
+
+
+def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
+    """Each link starts from the previous link's final weights (init = its out folder)."""
+    for link, parent in (("icm_omni_2_task_losses", "icm_omni_1_distill"), ("icm_omni_3_seg_x2", "icm_omni_2_task_losses"),
+                         ("icm_omni_4_low_rates", "icm_omni_3_seg_x2")):
+        cfg, _ = runs[link]
+        assert Path(cfg.init) == Path(runs[parent][0].out)
+        log = (Path(cfg.out) / "log.json").read_text()
+        assert str(Path(cfg.init)) in log
+    aux_cfg, _ = runs["icm_omni_aux"]
+    primary = torch.load(REPO / "configs" / "codecs" / "icm-omni" / "model.pth", weights_only=True)
+    trained = torch.load(Path(aux_cfg.out) / "model.pth", weights_only=True)
+    # stage II: the primary branch is icm-omni's, untouched; only the aux branch trained
+    assert torch.equal(trained["g_a.0.weight"].half(), primary["g_a.0.weight"])
+    assert any(k.startswith("aux_a.") for k in trained)
