@@ -313,24 +313,11 @@ class Cognition(Loss):
 
 TASK_MODES = ("required", "optional", "none")  # the ``task`` meta of a registered loss kind
 
-_fallback: Registry | None = None
-
-
 def loss_registry() -> Registry:
-    """The loss-kind registry of the process-wide plugin set (built-ins and plugins' kinds); the
-    built-ins alone when the plugin set has no ``losses`` registry."""
-    global _fallback
-    from icm.plugins import get_plugins
+    """The loss-kind registry of the process-wide plugin set (built-ins and plugins' kinds)."""
+    from icm.training import plugin_registry
 
-    registry = getattr(get_plugins(), "losses", None)
-    if registry is not None:
-        return registry
-    if _fallback is None:
-        from icm.training.builtin_losses import icm_register_losses
-
-        _fallback = Registry("loss")
-        icm_register_losses(register=lambda n, o, **meta: _fallback.register(n, o, plugin="icm.training", **meta))
-    return _fallback
+    return plugin_registry("losses", "loss", "icm.training.builtin_losses", "icm_register_losses")
 
 
 def build_loss(term: str, options: dict | None = None) -> Loss:

@@ -180,24 +180,11 @@ class Uncertainty(Schedule):
 
 BUILTIN = (Fixed, LePhased, DWA, Uncertainty)
 
-_fallback: Registry | None = None
-
-
 def schedule_registry() -> Registry:
-    """The schedules registry of the process-wide plugin set (built-ins and plugins' schedules);
-    the built-ins alone when the plugin set has no ``schedules`` registry."""
-    global _fallback
-    from icm.plugins import get_plugins
+    """The schedules registry of the process-wide plugin set (built-ins and plugins' schedules)."""
+    from icm.training import plugin_registry
 
-    registry = getattr(get_plugins(), "schedules", None)
-    if registry is not None:
-        return registry
-    if _fallback is None:
-        from icm.training.builtin_schedules import icm_register_schedules
-
-        _fallback = Registry("schedule")
-        icm_register_schedules(register=lambda n, o, **meta: _fallback.register(n, o, plugin="icm.training", **meta))
-    return _fallback
+    return plugin_registry("schedules", "schedule", "icm.training.builtin_schedules", "icm_register_schedules")
 
 
 def build_schedule(name: str, terms: list[str], options: dict | None = None) -> Schedule:
