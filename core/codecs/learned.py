@@ -224,8 +224,9 @@ class CompressAICodec(Codec):
 
 class ShippedCompressAICodec(CompressAICodec):
     """A CompressAI architecture trained by icm and shipped in configs/codecs/<name>/quality<q>.pth,
-    with its own channel widths (small models for the built-in benchmark). Reproduce with
-    scripts/train_mse_codec.py; other weights via ``checkpoint`` (a folder with the same file names)."""
+    with its own channel widths (small models for the built-in benchmark). Reproduce with `icm train`
+    and configs/train/icm_hyperprior_mse_q*.toml; other weights via ``checkpoint`` (a folder with the
+    same file names)."""
 
     def __init__(self, name: str, arch: str, qualities: int, checkpoint: str | None = None,
                  device: str | None = None, description: str = ""):
