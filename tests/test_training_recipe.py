@@ -353,3 +353,11 @@ def test_a_chain_on_the_command_line_runs_in_order(toy, icm_cli, shapes, tmp_pat
     assert shipped["g_a.0.weight"].dtype == torch.float16
     refused = icm_cli("train", a, b, "--out", tmp_path / "x")
     assert refused.exit_code == 2 and "one config" in refused.stderr
+
+
+def test_the_epoch_summary_line_prints_missing_values_as_dashes():
+    from icm.training.loop import _summary_line
+
+    line = _summary_line({"epoch": 1, "total": 0.5, "skipped_steps": 2,
+                          "val": [{"rate_key": "quality=2", "est_bpp": None, "score": None}]})
+    assert line == "epoch 1: loss 0.5 (2 non-finite step(s) skipped); quality=2: - bpp, score -"
