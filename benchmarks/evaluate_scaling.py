@@ -33,8 +33,9 @@ def run(tmp: Path, count: int, size: int, extra: list[str]) -> dict:
     subprocess.run([*ICM, "evaluate", "--dataset", str(data), "--out", str(out), "--no-progress", *extra],
                    check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
-    stages = json.loads((out / "results.json").read_text()).get("timing", {}).get("stages", {})
-    return {"count": count, "size": size, "wall": wall, "stages": stages}
+    timing = json.loads((out / "results.json").read_text()).get("timing", {})
+    return {"count": count, "size": size, "wall": wall, "cpu": timing.get("cpu_seconds", 0.0),
+            "stages": timing.get("stages", {})}
 
 
 def main() -> None:
@@ -50,11 +51,11 @@ def main() -> None:
         runs += [run(Path(tmp), args.size_count, int(s), extra) for s in args.sizes.split(",") if int(s) != 128
                  or args.size_count not in [int(c) for c in args.counts.split(",")]]
     print(f"icm evaluate {' '.join(extra)}")
-    print(f"{'images':>7s} {'size':>5s} {'wall s':>8s} {'s/image':>8s} {'s/Mpx':>8s}   top stages (s)")
+    print(f"{'images':>7s} {'size':>5s} {'wall s':>8s} {'cpu s':>8s} {'s/image':>8s} {'s/Mpx':>8s}   top stages (s)")
     for r in runs:
         mpx = r["count"] * r["size"] ** 2 / 1e6
         top = sorted(r["stages"].items(), key=lambda kv: -kv[1])[:4]
-        print(f"{r['count']:7d} {r['size']:5d} {r['wall']:8.1f} {r['wall'] / r['count']:8.3f} {r['wall'] / mpx:8.1f}   "
+        print(f"{r['count']:7d} {r['size']:5d} {r['wall']:8.1f} {r['cpu']:8.1f} {r['wall'] / r['count']:8.3f} {r['wall'] / mpx:8.1f}   "
               + ", ".join(f"{k} {v:.1f}" for k, v in top))
 
 

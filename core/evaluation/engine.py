@@ -136,12 +136,13 @@ class Engine:
         self.clock = Stopwatch()
         self._warm: set[str] = set()  # points whose codec has run once (first calls pay one-time set-up)
         self._bar = None
+        self.codecs: dict[str, Codec] = {}  # opened once; the report decodes its samples with them too
 
     def codec_points(self) -> list[tuple[Codec | None, Point]]:
         points: list[tuple[Codec | None, Point]] = [(None, Point(ORIGINAL, {}, "none"))]
         for spec in self.exp.codecs:
             with self.clock.stage("load/codecs"):
-                codec = open_codec(spec.name, **spec.options)
+                codec = self.codecs[spec.name] = open_codec(spec.name, **spec.options)
             reason = codec.unavailable_reason()
             if reason:
                 if spec.anchor and spec.name != self.exp.reference:

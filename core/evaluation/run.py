@@ -59,14 +59,14 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def sample_images(exp: Experiment, result: dict, dataset) -> list[tuple[str, str, bytes]]:
+def sample_images(exp: Experiment, result: dict, dataset, codecs: dict | None = None) -> list[tuple[str, str, bytes]]:
     """A few decoded images per codec and rate for the report, decoded again from the cached bitstreams."""
     from icm.evaluation.engine import image_key
 
     out = []
     chosen = dataset.images[: exp.samples_in_report]
     options = {c.name: c.options for c in exp.codecs}
-    codecs = {}  # one codec object per name: learned codecs load their weights once, not per sample
+    codecs = dict(codecs or {})  # one codec object per name: learned codecs load their weights once, not per sample
     for s in chosen:
         img = load_image(s["file_name"])
         out.append((f"{s['id']}-original", f"#{s['id']} original", png_bytes(img)))
@@ -102,7 +102,7 @@ def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
     out = Path(exp.out)
     with engine.clock.stage("report"):
         write_csv(out / "results.csv", task_rows(result, rows))
-        write_report(out, analysis, rows, result, sample_images(exp, result, dataset))
+        write_report(out, analysis, rows, result, sample_images(exp, result, dataset, engine.codecs))
     result["wall_seconds"] = time.time() - start
     timing = {**result["timing"], "stages": {k: round(v, 3) for k, v in engine.clock.seconds.items()},
               "wall_seconds": round(result["wall_seconds"], 3),
