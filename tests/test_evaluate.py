@@ -159,9 +159,17 @@ def test_worker_processes_give_the_metrics_of_one_process(tiny_shapes, tmp_path)
     assert_user_error(bad, "unknown task 'nope'")
 
 
-def test_a_rerun_with_everything_cached_decodes_nothing(toy, tiny_shapes, tmp_path):
+def test_a_rerun_with_everything_cached_decodes_nothing(toy, tiny_shapes, tmp_path, monkeypatch):
+    from icm.evaluation import report
+
     first = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour",)), progress=False)
+    plots = {f.name: f.read_bytes() for f in (tmp_path / "plots").iterdir()}
+    drawn = []
+    real_draw = report._draw
+    monkeypatch.setattr(report, "_draw", lambda *a: drawn.append(a[0]) or real_draw(*a))
     again = evaluate(experiment(tiny_shapes, tmp_path, tasks=("colour",)), progress=False)
+    # the figures come from the cache, byte for byte, and nothing is drawn
+    assert drawn == [] and {f.name: f.read_bytes() for f in (tmp_path / "plots").iterdir()} == plots
     assert first["counters"]["decodes"] == 48
     assert (again["counters"]["encodes"], again["counters"]["decodes"], again["counters"]["predictions"]) == (0, 0, 0)
     assert again["metrics"] == first["metrics"]

@@ -18,41 +18,71 @@ def _fig_bytes(fig, fmt):
     return buf.getvalue()
 
 
-def plot_curves(analysis: dict, out: Path) -> dict[str, Path]:
-    """One rate-accuracy figure per task and a PSNR-rate figure; returns name -> PNG path."""
+def _plot_key(name: str, curve_analysis: dict) -> str:
+    """A figure is a function of its task's analysis, this module's code and matplotlib's version."""
+    import hashlib
+    import json
+
+    import matplotlib
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(f"{name}\n{matplotlib.__version__}\n".encode())
+    h.update(json.dumps(curve_analysis, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def plot_curves(analysis: dict, out: Path, cache: Path | None = None) -> dict[str, Path]:
+    """One rate-accuracy figure per task and a PSNR-rate figure; returns name -> PNG path. With
+    ``cache`` (``OUT/cache/plots``), a figure whose inputs are unchanged is copied, not drawn again
+    (matplotlib takes about half a second per figure and format)."""
+    written = {}
+    for task, a in analysis.items():
+        name = "psnr" if task == "_psnr" else task
+        key = _plot_key(name, a) if cache else None
+        try:
+            files = {fmt: (cache / f"{key}.{fmt}").read_bytes() for fmt in ("png", "svg")} if cache else None
+        except OSError:
+            files = None
+        if files is None:
+            files = _draw(name, a)
+            for fmt, data in files.items():
+                if cache:
+                    atomic_write_bytes(cache / f"{key}.{fmt}", data)
+        for fmt, data in files.items():
+            atomic_write_bytes(out / "plots" / f"{name}.{fmt}", data)
+        written[name] = out / "plots" / f"{name}.png"
+    return written
+
+
+def _draw(name: str, a: dict) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = {}
-    for task, a in analysis.items():
-        name = "psnr" if task == "_psnr" else task
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for i, (codec, c) in enumerate(sorted(a["curves"].items())):
-            if not c["points"]:
-                continue
-            colour = f"C{i % 10}"
-            bpp, metric = zip(*[(b, m) for b, m, _ in c["points"]])
-            ax.scatter(bpp, metric, s=10, alpha=0.35, color=colour)
-            if c["front"]:
-                fb, fm = zip(*c["front"])
-                style = "--" if codec == a["reference"] else "-"
-                ax.plot(fb, fm, style, marker="o", ms=4, color=colour, label=codec + (" (reference)" if codec == a["reference"] else ""))
-        if a.get("uncompressed") is not None:
-            ax.axhline(a["uncompressed"], color="grey", lw=1, ls=":", label="uncompressed")
-        _log_rate_axis(ax)
-        ax.set_xlabel("bits per pixel (real file bytes)")
-        ax.set_ylabel(a["primary"])
-        ax.set_title(f"{name}: {a['primary']} vs rate (lines: Pareto fronts)")
-        ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:  # a task with no computable point has no curve to name
-            ax.legend(fontsize=8)
-        for fmt in ("png", "svg"):
-            atomic_write_bytes(out / "plots" / f"{name}.{fmt}", _fig_bytes(fig, fmt))
-        plt.close(fig)
-        written[name] = out / "plots" / f"{name}.png"
-    return written
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (codec, c) in enumerate(sorted(a["curves"].items())):
+        if not c["points"]:
+            continue
+        colour = f"C{i % 10}"
+        bpp, metric = zip(*[(b, m) for b, m, _ in c["points"]])
+        ax.scatter(bpp, metric, s=10, alpha=0.35, color=colour)
+        if c["front"]:
+            fb, fm = zip(*c["front"])
+            style = "--" if codec == a["reference"] else "-"
+            ax.plot(fb, fm, style, marker="o", ms=4, color=colour, label=codec + (" (reference)" if codec == a["reference"] else ""))
+    if a.get("uncompressed") is not None:
+        ax.axhline(a["uncompressed"], color="grey", lw=1, ls=":", label="uncompressed")
+    _log_rate_axis(ax)
+    ax.set_xlabel("bits per pixel (real file bytes)")
+    ax.set_ylabel(a["primary"])
+    ax.set_title(f"{name}: {a['primary']} vs rate (lines: Pareto fronts)")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:  # a task with no computable point has no curve to name
+        ax.legend(fontsize=8)
+    files = {fmt: _fig_bytes(fig, fmt) for fmt in ("png", "svg")}
+    plt.close(fig)
+    return files
 
 
 def _log_rate_axis(ax) -> None:
@@ -113,8 +143,9 @@ def _fmt(v, digits=3):
     return html.escape(str(v))
 
 
-def write_report(out: Path, analysis: dict, rows: list[dict], results: dict, samples: list[tuple[str, str, bytes]]) -> Path:
-    plots = plot_curves(analysis, out)
+def write_report(out: Path, analysis: dict, rows: list[dict], results: dict, samples: list[tuple[str, str, bytes]],
+                 cache: Path | None = None) -> Path:
+    plots = plot_curves(analysis, out, cache)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>icm evaluate report</title><style>",
              "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import platform
@@ -67,6 +68,7 @@ def sample_images(exp: Experiment, result: dict, dataset, codecs: dict | None = 
     chosen = dataset.images[: exp.samples_in_report]
     options = {c.name: c.options for c in exp.codecs}
     codecs = dict(codecs or {})  # one codec object per name: learned codecs load their weights once, not per sample
+    cache = Path(exp.out) / "cache" / "samples"
     for s in chosen:
         img = load_image(s["file_name"])
         out.append((f"{s['id']}-original", f"#{s['id']} original", png_bytes(img)))
@@ -78,14 +80,22 @@ def sample_images(exp: Experiment, result: dict, dataset, codecs: dict | None = 
             if not f.is_file():
                 continue
             try:
-                bs = Bitstream.load(f)
-                if p["codec"] not in codecs:
-                    codecs[p["codec"]] = open_codec(p["codec"], **options.get(p["codec"], {}))
-                decoded = codecs[p["codec"]].from_bitstream(bs)
-            except IcmError:
+                data = f.read_bytes()
+                bs = Bitstream.from_bytes(data)
+                # the PNG of a decode is kept, keyed by the file's bytes and the codec's decode options
+                # (icm-omni-aux's beta is one): a rerun loads no sample decode
+                sample = cache / f"{hashlib.sha256(data + repr(sorted(options.get(p['codec'], {}).items())).encode()).hexdigest()[:32]}.png"
+                if sample.is_file():
+                    png = sample.read_bytes()
+                else:
+                    if p["codec"] not in codecs:
+                        codecs[p["codec"]] = open_codec(p["codec"], **options.get(p["codec"], {}))
+                    png = png_bytes(codecs[p["codec"]].from_bitstream(bs, source=str(f)))
+                    atomic_write_bytes(sample, png)
+            except (IcmError, OSError):
                 continue
             out.append((f"{s['id']}-{p['codec']}-{p['rate_key']}",
-                        f"#{s['id']} {p['codec']} {p['rate_key']} {bs.bpp():.3f} bpp", png_bytes(decoded)))
+                        f"#{s['id']} {p['codec']} {p['rate_key']} {bs.bpp():.3f} bpp", png))
     return out
 
 
@@ -102,7 +112,8 @@ def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
     out = Path(exp.out)
     with engine.clock.stage("report"):
         write_csv(out / "results.csv", task_rows(result, rows))
-        write_report(out, analysis, rows, result, sample_images(exp, result, dataset, engine.codecs))
+        write_report(out, analysis, rows, result, sample_images(exp, result, dataset, engine.codecs),
+                     cache=out / "cache" / "plots")
     result["wall_seconds"] = time.time() - start
     timing = {**result["timing"], "stages": {k: round(v, 3) for k, v in engine.clock.seconds.items()},
               "wall_seconds": round(result["wall_seconds"], 3),
