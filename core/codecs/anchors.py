@@ -238,8 +238,9 @@ class FFmpegAnchor(Anchor):
 class HEVC(FFmpegAnchor):
     """HEVC intra. A batch of equal-sized images is one ffmpeg run each way: the spawn (~18 ms) was
     40 % of a 128 px encode and 85 % of a decode. With ``keyint=1`` x265 writes every frame as an IDR
-    picture with its own VPS/SPS/PPS, so the stream splits at each VPS into per-image files of the same
-    size that decode to the same pixels as one-by-one encodes (tests/test_codec_batches.py)."""
+    picture with its own VPS/SPS/PPS, so the stream splits at each VPS into per-image files. They have
+    the sizes of one-by-one encodes and decode to the same pixels (tests/test_codec_batches.py); in
+    some pictures x265 sets one slice-header bit otherwise, which changes neither."""
 
     name, encoder, decoder, fmt = "hevc", "libx265", "hevc", "hevc"
     description = "HEVC intra, x265 at fixed QP, 4:2:0 (ffmpeg)"
