@@ -5,7 +5,8 @@
 Ways measured, each into a fresh output folder (so nothing is cached), then one rerun of the default
 way with everything cached:
   - baseline: another checkout of icm (``--baseline-pythonpath DIR``: a folder holding ``icm`` and the
-    ``icm_mm*`` plugin packages as symlinks into that checkout), e.g. the commit before a change;
+    ``icm_mm*`` plugin packages as symlinks into that checkout, and ``--baseline-configs`` its
+    ``configs/`` folder), e.g. the commit before a change;
   - ``--workers 1``: one process, torch's default intra-op threads;
   - default: one one-thread worker per core (``--workers`` unset).
 Wall time is measured around the whole command (start-up included); the stage table of each run
@@ -47,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, help="only the first N images")
     ap.add_argument("--baseline-pythonpath", help="time this checkout of icm first (see the docstring)")
+    ap.add_argument("--baseline-configs", help="that checkout's configs/ folder ($ICM_CONFIGS for the baseline)")
     ap.add_argument("extra", nargs="*", help="icm evaluate options (after --)")
     args = ap.parse_args()
     extra = list(args.extra) + (["--limit", str(args.limit)] if args.limit else [])
@@ -55,7 +57,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ways = []
         if args.baseline_pythonpath:
-            ways.append(("baseline checkout", [], {**env, "PYTHONPATH": args.baseline_pythonpath}))
+            base_env = {**env, "PYTHONPATH": args.baseline_pythonpath}
+            if args.baseline_configs:
+                base_env["ICM_CONFIGS"] = args.baseline_configs
+            ways.append(("baseline checkout", [], base_env))
         ways += [("--workers 1", ["--workers", "1"], env), ("default (workers = cores)", [], env)]
         for i, (label, opts, way_env) in enumerate(ways):
             out = Path(tmp) / f"out{i}"
