@@ -84,7 +84,8 @@ def test_config_trains_one_epoch_with_finite_losses(runs, config):
 def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     """Each link starts from the previous link's final weights (init = its out folder)."""
     for link, parent in (("icm_omni_2_task_losses", "icm_omni_1_distill"), ("icm_omni_3_seg_x2", "icm_omni_2_task_losses"),
-                         ("icm_omni_4_low_rates", "icm_omni_3_seg_x2")):
+                         ("icm_omni_4_low_rates", "icm_omni_3_seg_x2"),
+                         ("icm_omni_5_six_tasks", "icm_omni_4_low_rates")):
         cfg, _ = runs[link]
         assert Path(cfg.init) == Path(runs[parent][0].out)
         log = (Path(cfg.out) / "log.json").read_text()
