@@ -4,8 +4,9 @@
         [--batch 8] [--images 16] [--repeat 3]
 
 `icm evaluate` codes each rate point's images in batches of equal size (``Codec.to_bitstreams`` /
-``from_bitstreams``): one network pass for a learned codec, one ffmpeg run for HEVC (whose process
-spawn is also timed here, as ``ffmpeg -version``). Images are the first ``--images`` of the shapes val
+``from_bitstreams``): one ffmpeg run for HEVC (whose process spawn is also timed here, as
+``ffmpeg -version``); learned codecs check a batch up front but run one network pass per image (a
+batched pass gained them 1.0-1.2x and rounded differently, ±1 at a pixel or two per image). Images are the first ``--images`` of the shapes val
 split (128 px). For each codec, at its middle default rate: the median over ``--repeat`` rounds of the
 time to code all images one by one and in batches of ``--batch``, and the check that both give files
 of the same sizes that decode to the same pixels.

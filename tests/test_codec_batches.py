@@ -29,7 +29,7 @@ def test_batch_equals_one_by_one(name, rate, images):
     files, pixels = _one_by_one(codec, images, rate)
     batch = codec.to_bitstreams(images, **rate)
     assert [len(b.to_bytes()) for b in batch] == [len(f.to_bytes()) for f in files]
-    if codec.kind == "learned":  # one network pass for all: the very same entropy-coded streams
+    if codec.kind == "learned":  # the very same entropy-coded streams, whatever the batch
         assert [b.streams for b in batch] == [f.streams for f in files]
     decoded = codec.from_bitstreams(files)
     assert all(np.array_equal(a, b) for a, b in zip(decoded, pixels))

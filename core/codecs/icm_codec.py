@@ -455,7 +455,10 @@ class ICMCodec(Codec):
         return self.encode_streams_batch([image], rate)[0]
 
     def encode_streams_batch(self, images, rate):
-        return self.net.compress_batch(pad(to_tensors(images, self.device), STRIDE), rate["rate"], aux=self.aux)
+        # one network pass per image: oneDNN's convolutions round differently at other batch sizes, so a
+        # batched pass could flip a rounding and make a file depend on its batch (and on --workers)
+        return [self.net.compress_batch(pad(to_tensors([im], self.device), STRIDE), rate["rate"], aux=self.aux)[0]
+                for im in images]
 
     def decode_streams(self, streams, rate, width, height):
         return self.decode_streams_batch([streams], rate, width, height)[0]
@@ -472,7 +475,7 @@ class ICMCodec(Codec):
                                            "stream 'hyper'")
             if "aux" in one and self.decode_beta < 1 and net.aux:
                 entropy_guard.check_bottleneck(net.aux_bottleneck, one["aux"], (size[0] // 16, size[1] // 16), "stream 'aux'")
-        if self.decode_beta < 1 and len({"aux" in one for one in streams}) > 1:  # with and without aux: one by one
-            return [self.decode_streams_batch([one], rate, width, height)[0] for one in streams]
-        x_hat = net.decompress_batch(streams, size, rate["rate"], beta=self.decode_beta)
-        return to_images(x_hat[..., :height, :width])
+        # every file is checked before any is decoded; then one synthesis pass per file, so the pixels
+        # depend on the file alone (a batched pass moved ±1 at a pixel or two per image)
+        return [to_images(net.decompress_batch([one], size, rate["rate"], beta=self.decode_beta)[..., :height, :width])[0]
+                for one in streams]

@@ -191,10 +191,13 @@ class CompressAICodec(Codec):
 
     def encode_streams_batch(self, images, rate):
         net = self.model(rate["quality"])
-        with torch.no_grad():
-            out = net.compress(pad(to_tensors(images, self.device)))
-        # CompressAI returns one list per stream, each with one string per image
-        return [{name: strings[i] for name, strings in zip(["main", "hyper"], out["strings"])} for i in range(len(images))]
+        files = []
+        for im in images:  # one pass per image: a batched pass rounds differently (see decode_streams_batch)
+            with torch.no_grad():
+                out = net.compress(pad(to_tensors([im], self.device)))
+            # CompressAI returns one list per stream, each with one string per image
+            files.append({name: strings[0] for name, strings in zip(["main", "hyper"], out["strings"])})
+        return files
 
     def decode_streams(self, streams, rate, width, height):
         return self.decode_streams_batch([streams], rate, width, height)[0]
@@ -217,9 +220,15 @@ class CompressAICodec(Codec):
                 # which no guard sits in front of: padding keeps its reads inside the buffer
                 y_symbols = net.M * shape[0] * 4 * shape[1] * 4
                 strings["main"][-1] = entropy_guard.padded(entropy_guard.check_words(one["main"], "stream 'main'"), y_symbols)
-        with torch.no_grad():
-            x_hat = net.decompress([strings[n] for n in expected], shape)["x_hat"]
-        return to_images(x_hat[..., :height, :width])
+        # every file is checked first; then one synthesis pass per file: oneDNN's convolutions round
+        # differently at other batch sizes (±1 at a pixel or two of a batched decode), and a file's pixels
+        # must not depend on which files were decoded with it (or on --workers)
+        decoded = []
+        for i in range(len(streams)):
+            with torch.no_grad():
+                x_hat = net.decompress([[strings[n][i]] for n in expected], shape)["x_hat"]
+            decoded.append(to_images(x_hat[..., :height, :width])[0])
+        return decoded
 
 
 class ShippedCompressAICodec(CompressAICodec):
