@@ -86,27 +86,10 @@ def dist_setup() -> tuple[int, int]:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         # a rank that leaves with the group alive can abort in gloo's thread teardown ("terminate called
         # without an active exception", SIGABRT), and torchrun then kills the other ranks
-        atexit.register(_leave_group)
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _leave_group() -> None:
-    """At exit: wait (briefly) until every rank is done, then tear the group down. A rank that tears
-    its end down while another still runs can make the other's gloo threads abort (SIGABRT)."""
-    import datetime
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return
-    if dist.get_backend() == "gloo":
-        try:  # a rank that failed never arrives: give up after a few seconds rather than hang
-            dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
-        except RuntimeError:
-            pass
-    dist.destroy_process_group()
 
 
 def gather(obj, world: int):
