@@ -64,6 +64,11 @@ def launch(argv: list[str], workers: int) -> int:
             if failed or all(c == 0 for c in codes):
                 break
             time.sleep(0.2)
+        # a user error stops every rank at once: let them finish saying it (rank 0 speaks for itself)
+        # before the rest are stopped, or its one-line error can come twice, its own and a rank's
+        deadline = time.monotonic() + 3.0
+        while failed and time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
     except KeyboardInterrupt:
         failed = [(0, 130)]
     finally:
