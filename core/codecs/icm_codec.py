@@ -457,8 +457,7 @@ class ICMCodec(Codec):
     def encode_streams_batch(self, images, rate):
         # one network pass per image: oneDNN's convolutions round differently at other batch sizes, so a
         # batched pass could flip a rounding and make a file depend on its batch (and on --workers)
-        return [self.net.compress_batch(pad(to_tensors([im], self.device), STRIDE), rate["rate"], aux=self.aux)[0]
-                for im in images]
+        return [self.net.compress(pad(to_tensors([im], self.device), STRIDE), rate["rate"], aux=self.aux) for im in images]
 
     def decode_streams(self, streams, rate, width, height):
         return self.decode_streams_batch([streams], rate, width, height)[0]
@@ -477,5 +476,5 @@ class ICMCodec(Codec):
                 entropy_guard.check_bottleneck(net.aux_bottleneck, one["aux"], (size[0] // 16, size[1] // 16), "stream 'aux'")
         # every file is checked before any is decoded; then one synthesis pass per file, so the pixels
         # depend on the file alone (a batched pass moved ±1 at a pixel or two per image)
-        return [to_images(net.decompress_batch([one], size, rate["rate"], beta=self.decode_beta)[..., :height, :width])[0]
+        return [to_images(net.decompress(one, size, rate["rate"], beta=self.decode_beta)[..., :height, :width])[0]
                 for one in streams]

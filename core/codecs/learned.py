@@ -207,26 +207,26 @@ class CompressAICodec(Codec):
         expected = self._stream_names()
         s = self.latent_stride
         shape = ((height + PAD_TO - 1) // PAD_TO * PAD_TO // s, (width + PAD_TO - 1) // PAD_TO * PAD_TO // s)
-        strings = {n: [] for n in expected}
+        checked = []  # per file, its strings in `expected` order ("main" first)
         for one in streams:
             if sorted(one) != sorted(expected):
                 raise BitstreamError(f"{self.name} needs streams {expected}, got {sorted(one)}")
             # the stream the header's size alone determines is checked before the model allocates its latent
             entropy_guard.check_bottleneck(net.entropy_bottleneck, one[expected[-1]], shape, f"stream {expected[-1]!r}")
-            for n in expected:
-                strings[n].append(one[n])
+            strings = [one[n] for n in expected]
             if hasattr(net, "context_prediction"):
                 # mbt2018 and cheng2020 decode "main" position by position with their own rANS decoder,
                 # which no guard sits in front of: padding keeps its reads inside the buffer
                 y_symbols = net.M * shape[0] * 4 * shape[1] * 4
-                strings["main"][-1] = entropy_guard.padded(entropy_guard.check_words(one["main"], "stream 'main'"), y_symbols)
+                strings[0] = entropy_guard.padded(entropy_guard.check_words(one["main"], "stream 'main'"), y_symbols)
+            checked.append(strings)
         # every file is checked first; then one synthesis pass per file: oneDNN's convolutions round
         # differently at other batch sizes (±1 at a pixel or two of a batched decode), and a file's pixels
         # must not depend on which files were decoded with it (or on --workers)
         decoded = []
-        for i in range(len(streams)):
+        for strings in checked:
             with torch.no_grad():
-                x_hat = net.decompress([[strings[n][i]] for n in expected], shape)["x_hat"]
+                x_hat = net.decompress([[one] for one in strings], shape)["x_hat"]
             decoded.append(to_images(x_hat[..., :height, :width])[0])
         return decoded
 
