@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from icm.errors import IcmError, UserError
+from icm.errors import PEER_STOPPED_EXIT, IcmError, PeerStopped, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -258,9 +259,16 @@ def main(argv: list[str] | None = None) -> None:
         argv = list(sys.argv[1:] if argv is None else argv)
         # obj carries the arguments so a command can start copies of itself (icm evaluate --workers)
         cli.main(args=argv, prog_name="icm", standalone_mode=False, obj={"argv": argv})
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, EOFError):  # click turns EOFError into Abort; it is no Ctrl-C
+            click.echo(f"icm: error: unexpected end of input ({str(exc.__context__).strip()[:200] or 'EOF'})", err=True)
+            sys.exit(1)
         click.echo("icm: aborted", err=True)
         sys.exit(130)
+    except PeerStopped as exc:
+        if not os.environ.get("ICM_LAUNCHED"):  # under torchrun nobody else explains it
+            click.echo(f"icm: error: {exc}", err=True)
+        sys.exit(PEER_STOPPED_EXIT)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)

@@ -15,3 +15,13 @@ class BitstreamError(UserError):
 
 class CodecUnavailable(UserError):
     """A registered codec whose backend is missing on this machine (e.g. vvencapp not on PATH)."""
+
+
+class PeerStopped(IcmError):
+    """Another worker process of the same run stopped (its own error says why); this rank cannot go on.
+
+    Under ``icm evaluate --workers`` the launcher prints the failing rank's error, so a rank that only
+    lost its peer stays silent (exit code :data:`PEER_STOPPED_EXIT`) and the user reads one line."""
+
+
+PEER_STOPPED_EXIT = 3

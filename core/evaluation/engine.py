@@ -98,7 +98,13 @@ def gather(obj, world: int):
     import torch.distributed as dist
 
     out = [None] * world
-    dist.all_gather_object(out, obj)
+    try:
+        dist.all_gather_object(out, obj)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        # gloo raises when a peer's socket closes; a buffer cut short unpickles as EOFError
+        from icm.errors import PeerStopped
+
+        raise PeerStopped(f"another worker stopped while results were exchanged ({type(exc).__name__})") from exc
     return out
 
 

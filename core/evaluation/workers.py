@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from icm.errors import PEER_STOPPED_EXIT
+
 
 def default_workers(device: str | None) -> int:
     """``$ICM_WORKERS`` when set; else all usable cores on a CPU run, and one process on a GPU or
@@ -46,11 +48,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_command(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "icm", *argv, "--workers", "1"]
+
+
+def _note_failures(procs, failed: list[tuple[int, int]]) -> None:
+    seen = {r for r, _ in failed}
+    failed += [(r, p.poll()) for r, p in enumerate(procs) if r not in seen and p.poll() not in (None, 0)]
+
+
 def launch(argv: list[str], workers: int) -> int:
     """Run ``icm <argv> --workers 1`` as ``workers`` ranks; returns the exit code to use."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(workers),
-           "LOCAL_WORLD_SIZE": str(workers), "OMP_NUM_THREADS": "1", "ICM_WORKERS": "1"}
-    cmd = [sys.executable, "-m", "icm", *argv, "--workers", "1"]
+           "LOCAL_WORLD_SIZE": str(workers), "OMP_NUM_THREADS": "1", "ICM_WORKERS": "1", "ICM_LAUNCHED": "1"}
+    cmd = worker_command(argv)
     logs, procs = [], []
     try:
         for rank in range(workers):
@@ -58,10 +69,10 @@ def launch(argv: list[str], workers: int) -> int:
             logs.append(log)
             procs.append(subprocess.Popen(cmd, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                           stdout=log or None, stderr=log or None))
+        failed: list[tuple[int, int]] = []  # (rank, exit code), in the order the ranks failed
         while True:  # one rank failing would leave the others waiting in a collective: stop them all
-            codes = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
+            _note_failures(procs, failed)
+            if failed or all(p.returncode == 0 for p in procs):
                 break
             time.sleep(0.2)
         # a user error stops every rank at once: let them finish saying it (rank 0 speaks for itself)
@@ -69,6 +80,7 @@ def launch(argv: list[str], workers: int) -> int:
         deadline = time.monotonic() + 3.0
         while failed and time.monotonic() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.05)
+        _note_failures(procs, failed)
     except KeyboardInterrupt:
         failed = [(0, 130)]
     finally:
@@ -79,11 +91,14 @@ def launch(argv: list[str], workers: int) -> int:
             p.wait()
     if not failed:
         return 0
-    rank, code = failed[0]
-    if rank != 0 and procs[0].returncode in (0, None, -15):  # rank 0 said nothing about it: show the rank's words
+    # the cause is the first rank that failed on its own, not one that only lost its peer (which is silent)
+    rank, code = next(((r, c) for r, c in failed if c != PEER_STOPPED_EXIT), failed[0])
+    if rank != 0 and procs[0].returncode in (0, None, -15, PEER_STOPPED_EXIT):  # rank 0 said nothing: show the rank's words
         logs[rank].seek(0)
         lines = [ln for ln in logs[rank].read().decode(errors="replace").splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("icm: error")] or lines[-1:]
-        for ln in errors[-1:]:
+        for ln in errors[-1:] or [f"icm: error: worker rank {rank} stopped (exit code {code})"]:
             print(ln, file=sys.stderr)
+    elif code == PEER_STOPPED_EXIT:  # every rank only saw another stop: nobody has said anything yet
+        print("icm: error: a worker process stopped without an error message", file=sys.stderr)
     return code if code > 0 else 1
