@@ -3,6 +3,7 @@
     magic "ICM" | u8 format version
     str8 codec id | str8 codec version | bytes8 weights hash
     varint width | varint height | u8 colour format
+      (colour format 1 = FEATURES: str8 split point | u8 rank | rank x varint tensor shape)
     str16 rate parameters (compact JSON)
     u8 stream count, then per stream: str8 name | varint length
     stream payloads, in the order listed
@@ -27,8 +28,21 @@ from icm.errors import BitstreamError
 
 MAGIC = b"ICM"
 FORMAT_VERSION = 1
-COLOUR_FORMATS = {0: "RGB8"}
+COLOUR_FORMATS = {0: "RGB8", 1: "FEATURES"}  # FEATURES: the payload is a coded feature tensor, not pixels
 COLOUR_CODES = {v: k for k, v in COLOUR_FORMATS.items()}
+MAX_FEATURE_RANK = 8
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a feature bitstream holds: the tensor taken at ``split`` (a network and layer, e.g.
+    ``resnet18w32.layer1``) of one image, of ``shape`` (C, h, w) as the encoder computed it."""
+
+    split: str
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.split} {'x'.join(map(str, self.shape))}"
 
 
 @dataclass
@@ -41,6 +55,13 @@ class Bitstream:
     rate: dict
     streams: dict[str, bytes] = field(default_factory=dict)
     colour: str = "RGB8"
+    features: FeatureInfo | None = None  # set exactly when colour is "FEATURES"
+
+    def __post_init__(self):
+        if self.features is not None:
+            self.colour = "FEATURES"
+        elif self.colour == "FEATURES":
+            raise ValueError("a FEATURES bitstream needs its FeatureInfo (split point and tensor shape)")
 
     # -- sizes -------------------------------------------------------------------------------------
     @property
@@ -66,6 +87,13 @@ class Bitstream:
         _put_varint(out, self.width)
         _put_varint(out, self.height)
         out.append(COLOUR_CODES[self.colour])
+        if self.features is not None:
+            _put_str8(out, self.features.split)
+            if not 1 <= len(self.features.shape) <= MAX_FEATURE_RANK:
+                raise ValueError(f"feature tensors have rank 1..{MAX_FEATURE_RANK}")
+            out.append(len(self.features.shape))
+            for n in self.features.shape:
+                _put_varint(out, n)
         rate = json.dumps(self.rate, separators=(",", ":"), sort_keys=True).encode()
         out += struct.pack(">H", len(rate)) + rate
         if len(chosen) > 255:
@@ -94,6 +122,15 @@ class Bitstream:
         weights_hash = reader.bytes8()
         width, height = reader.varint(), reader.varint()
         colour_code = reader.u8()
+        features = None
+        if colour_code == COLOUR_CODES["FEATURES"]:
+            split, rank = reader.str8(), reader.u8()
+            if not 1 <= rank <= MAX_FEATURE_RANK:
+                raise BitstreamError(f"{source}: corrupt feature header (tensor rank {rank})")
+            shape = tuple(reader.varint() for _ in range(rank))
+            if not split or min(shape) < 1:
+                raise BitstreamError(f"{source}: corrupt feature header (split {split!r}, shape {shape})")
+            features = FeatureInfo(split, shape)
         rate_raw = reader.take(struct.unpack(">H", reader.take(2))[0])
         lengths = [(reader.str8(), reader.varint()) for _ in range(reader.u8())]
         streams = {name: reader.take(n) for name, n in lengths}
@@ -114,7 +151,7 @@ class Bitstream:
             raise BitstreamError(f"{source}: corrupt rate parameters") from None
         if not isinstance(rate, dict):
             raise BitstreamError(f"{source}: corrupt rate parameters (not a JSON object)")
-        return cls(codec, codec_version, weights_hash, width, height, rate, streams, COLOUR_FORMATS[colour_code])
+        return cls(codec, codec_version, weights_hash, width, height, rate, streams, COLOUR_FORMATS[colour_code], features)
 
     # -- files -------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> int:

@@ -222,6 +222,8 @@ def info(file, as_json):
             "weights_hash": bs.weights_hash.hex(), "width": bs.width, "height": bs.height, "colour": bs.colour,
             "rate": bs.rate, "bytes": size, "bpp": size * 8 / bs.pixels,
             "streams": {k: len(v) for k, v in bs.streams.items()}}
+    if bs.features is not None:
+        data["features"] = {"split": bs.features.split, "shape": list(bs.features.shape)}
     if as_json:
         return _emit_json(data)
     for k, v in data.items():

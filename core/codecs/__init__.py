@@ -57,7 +57,7 @@ class Codec(ABC):
 
     name: str = ""
     version: str = "1"
-    kind: str = "anchor"  # or "learned"
+    kind: str = "anchor"  # or "learned", or "features" (icm.codecs.features.FeatureCodec)
     description: str = ""
     rate_control: RateControl
 
@@ -160,6 +160,8 @@ class Codec(ABC):
         if bs.codec_version != self.version:
             raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version!r}, this is version {self.version!r}")
         check_header_size(bs.width, bs.height, pixel_limit(max_pixels), source)
+        if bs.features is not None and self.kind != "features":
+            raise BitstreamError(f"{source}: holds a feature tensor ({bs.features.describe()}), not pixels")
         rate = self._header_rate(bs.rate, source)
         expected = self.weights_hash(rate)
         if bs.weights_hash != expected:

@@ -175,6 +175,7 @@ class ICMNet(CompressionModel):
         return net
 
     AUX_MODULES = ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r")
+    stride = STRIDE  # of z relative to the input; inputs are sized in multiples of it
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``primary`` (encoder, decoder, hyperprior, y/z gains), ``aux_branch`` (scalable transform,
@@ -331,15 +332,15 @@ class ICMNet(CompressionModel):
         """``decompress`` for B files of one size and rate -> (B,3,H,W). The aux residual is added only
         when every file has an aux stream."""
         H, W = size
-        if H % STRIDE or W % STRIDE:
-            raise ValueError(f"size {size} is not a multiple of {STRIDE}")
-        device = self.g_a[0].weight.device
+        if H % self.stride or W % self.stride:
+            raise ValueError(f"size {size} is not a multiple of {self.stride}")
+        device = self.gain_y.log_gain0.device
         B = len(streams)
         rate = self._per_sample(rate, B, device, "rate")
         beta = float(self._per_sample(beta, 1, device, "beta")[0])
         _, ig_y = self.gain_y(rate)
         _, ig_z = self.gain_z(rate)
-        z_g_hat = self.entropy_bottleneck.decompress([s["hyper"] for s in streams], (H // STRIDE, W // STRIDE))
+        z_g_hat = self.entropy_bottleneck.decompress([s["hyper"] for s in streams], (H // self.stride, W // self.stride))
         means, scales = self._hyper(z_g_hat * ig_z)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress([s["main"] for s in streams], indexes, means=means) * ig_y

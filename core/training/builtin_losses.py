@@ -23,3 +23,7 @@ def icm_register_losses(register):
              description="GT-box-weighted distillation; options floor, relative, resize, normalise")
     register("cognition", Lazy(losses + "Cognition"), task="optional",
              description="RDC cognition loss (InfoNCE + λ_local·D_local); options tau, lambda_local")
+    register("feature_mse", Lazy(losses + "FeatureMSE"), task="none",
+             description="feature codecs: relative MSE between the split tensor and its decoding")
+    register("contrastive", Lazy(losses + "Contrastive"), task="none",
+             description="feature codecs: Omni-ICM instance discrimination (InfoNCE); options tau, grid, strength")

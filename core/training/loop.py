@@ -212,7 +212,7 @@ class Run:
             rate = C.sample_rate(cfg.codec, self.trainable.continuous, n=x.shape[0], device=self.device)
             out = self.model(pad(x, cfg.codec.pad_to), rate)
             ctx = Context(x, out["x_hat"][..., :h, :w], all_likelihoods(out), Batch(x, samples), self.adapters,
-                          rate=rate, clamp=cfg.clamp_for_tasks)
+                          rate=rate, clamp=cfg.clamp_for_tasks, out=out, module=self.trainable)
             values = self.term_values(ctx, active, rate)
             total = self.schedule.combine(values)
             self.opt.zero_grad(set_to_none=True)

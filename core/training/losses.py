@@ -35,6 +35,8 @@ class Context:
     cache: dict = field(default_factory=dict)
     rate: float | torch.Tensor | None = None  # the batch's rate (continuous codecs): a float or one per sample
     clamp: bool = False  # the task models see x̂ clamped to [0, 1] (config `clamp_for_tasks`)
+    out: dict = field(default_factory=dict)  # the codec's whole output (feature codecs: features, features_hat)
+    module: torch.nn.Module | None = None  # the network being trained (a loss may run a second view through it)
 
     @property
     def x_task(self) -> torch.Tensor:
@@ -309,6 +311,66 @@ class Cognition(Loss):
         outside = ((ctx.x_hat < 0) | (ctx.x_hat > 1)).float()
         local = (outside * (ctx.x_hat - ctx.x) ** 2).mean()
         return contrastive + self.lambda_local * local
+
+
+def _codec_output(ctx: Context, key: str, loss: str) -> torch.Tensor:
+    if key not in ctx.out:
+        raise UserError(f"loss {loss}: the codec gives no {key!r} (a feature codec such as icm-omni-features does)")
+    return ctx.out[key]
+
+
+class FeatureMSE(Loss):
+    """Distortion of a feature codec: MSE between the split tensor h and its decoding ĥ, per sample,
+    divided by the batch's energy mean(h²) (so it reads as a relative error whatever the features' scale)."""
+
+    kind = "feature_mse"
+
+    def __call__(self, ctx):
+        h, h_hat = _codec_output(ctx, "features", self.kind), _codec_output(ctx, "features_hat", self.kind)
+        return ((h_hat - h) ** 2).flatten(1).mean(1) / h.detach().pow(2).mean().clamp_min(1e-8)
+
+
+def _colour_view(x: torch.Tensor, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A second view of each image for instance discrimination: per-image brightness, contrast and
+    per-channel colour jitter, and a random flip (the nuisances Omni-ICM's IF module learns to drop)."""
+    n = x.shape[0]
+    gain = 1 + strength * (2 * torch.rand(n, 3, 1, 1, device=x.device) - 1)
+    shift = 0.5 * strength * (2 * torch.rand(n, 1, 1, 1, device=x.device) - 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    view = ((x - mean) * gain + mean + shift).clamp(0, 1)
+    flip = (torch.rand(n, device=x.device) < 0.5)[:, None, None, None]
+    return torch.where(flip, view.flip(-1), view), flip
+
+
+def _embed(h: torch.Tensor, grid: int) -> torch.Tensor:
+    return F.normalize(F.adaptive_avg_pool2d(h, grid).flatten(1), dim=1)
+
+
+class Contrastive(Loss):
+    """Omni-ICM's instance discrimination (supplementary §2.2): InfoNCE across the batch between the
+    decoded features ĥ of each image (queries) and the uncompressed features of a colour-jittered,
+    flipped view of the same image (keys). Embeddings: h pooled to a ``grid``×``grid`` map (the
+    view's flip mirrors it, so the keys are flipped back), L2-normalised; temperature ``tau``."""
+
+    kind = "contrastive"
+
+    def __init__(self, task=None, tau: float = 0.2, grid: int = 2, strength: float = 0.4):
+        super().__init__(task)
+        self.tau, self.grid, self.strength = float(tau), int(grid), float(strength)
+
+    def __call__(self, ctx):
+        h_hat = _codec_output(ctx, "features_hat", self.kind)
+        net = getattr(ctx.module, "net", ctx.module)
+        if not hasattr(net, "split_features"):
+            raise UserError(f"loss {self.kind}: the codec being trained has no split_features() (a feature codec has)")
+        view, flipped = _colour_view(ctx.x, self.strength)
+        from icm.codecs.learned import pad
+
+        keys = net.split_features(pad(view, 64))[..., :h_hat.shape[-2], :h_hat.shape[-1]]
+        keys = torch.where(flipped, keys.flip(-1), keys)
+        q, k = _embed(h_hat, self.grid), _embed(keys, self.grid)
+        logits = q @ k.t() / self.tau
+        return F.cross_entropy(logits, torch.arange(len(q), device=logits.device))
 
 
 TASK_MODES = ("required", "optional", "none")  # the ``task`` meta of a registered loss kind

@@ -1,0 +1,331 @@
+"""``icm-omni-features``: Omni-ICM's feature coding (supplementary §3, Fig. 1, 2 and 7), scaled to a CPU.
+
+Encoder side, frozen once trained:
+* backbone head: stem and layer1 of a ResNet-18 at base width 32, the backbone every shipped task
+  model uses; initialised from the shipped PanopticFPN's and never trained here (§2.3: the weights
+  that extract the representation are not updated);
+* information filtering (IF) module (Fig. 1): conv in, ResBlocks, conv out, added to the head's
+  features. Its last convolution starts at zero, so an untrained IF module passes the head through.
+  The tensor after it, ``h`` (32 channels, stride 4), is the split tensor every task reads.
+
+Feature compressor (Fig. 2): ``ICMNet``'s mean-scale hyperprior and gain units (the same variable
+rate as icm-omni), with analysis and synthesis transforms of strided convolutions, LeakyReLU and
+ResBlocks over ``h`` instead of GDN over pixels: y at 1/16 of the image, z at 1/64.
+
+Image decoder (Fig. 7): convolutions and ResBlocks from decoded features back to pixels, trained on
+detached features (the encoder side does not move for it), so a pixel-reading task and a person get
+a picture from the same file.
+
+How far this is scaled down from the paper, and why: docs/feature_coding.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from icm.codecs import RateControl, entropy_guard
+from icm.codecs.features import FeatureCodec
+from icm.codecs.icm_codec import GainUnit, ICMNet
+from icm.codecs.learned import default_device, load_checkpoint, tensor_hash, to_images, to_tensors
+from icm.errors import BitstreamError, UserError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    import compressai
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models import CompressionModel
+    from compressai.models.utils import conv, deconv
+
+SPLIT = "resnet18w32.layer1+if"  # the head's layer1 output after the IF module
+CHANNELS, FEATURE_STRIDE = 32, 4
+PAD_TO = 64  # z sits at 1/64 of the image
+MEAN = (123.675, 116.28, 103.53)  # the shipped task models' pixel statistics (RGB, 0..255)
+STD = (58.395, 57.12, 57.375)
+DEFAULT_CONFIG = dict(if_channels=64, if_blocks=2, N=64, M=64, Nh=48, res_blocks=1, num_gains=6, image_channels=64)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions and one shortcut (Omni-ICM's ResBlock), LeakyReLU between."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.1))
+
+
+def res_blocks(channels: int, n: int) -> nn.Sequential:
+    return nn.Sequential(*[ResBlock(channels) for _ in range(n)])
+
+
+class BackboneHead(nn.Module):
+    """ResNet-18 stem and layer1 at base width 32, named as torchvision and mmdet name them, so the
+    shipped task models' ``backbone.conv1/bn1/layer1.*`` weights load into it directly."""
+
+    def __init__(self, width: int = CHANNELS):
+        from torchvision.models.resnet import BasicBlock
+
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) / 255.0, persistent=False)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        x = (x01 - self.mean) / self.std
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        return self.layer1(x)
+
+
+class IFModule(nn.Module):
+    """Fig. 1: conv in, ResBlocks, conv out; the output is added to the input (zero-initialised, so
+    training starts from the head's own features)."""
+
+    def __init__(self, channels: int = CHANNELS, inner: int = 64, blocks: int = 2):
+        super().__init__()
+        self.inp = nn.Conv2d(channels, inner, 3, padding=1)
+        self.blocks = res_blocks(inner, blocks)
+        self.out = nn.Conv2d(inner, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, f):
+        return f + self.out(self.blocks(F.leaky_relu(self.inp(f), 0.1)))
+
+
+class FeatureCompressor(ICMNet):
+    """Fig. 2 on ICMNet's entropy coding: y = g_a(h) at 1/4 of the feature map, z at 1/16."""
+
+    stride = 16
+
+    def __init__(self, N: int = 64, M: int = 64, Nh: int = 48, res_blocks_n: int = 1, num_gains: int = 6,
+                 channels: int = CHANNELS, train_quant: str = "noise"):
+        CompressionModel.__init__(self)
+        self.config = dict(N=N, M=M, Nh=Nh, res_blocks=res_blocks_n, num_gains=num_gains)
+        self.train_quant, self.aux = train_quant, False
+        self.g_a = nn.Sequential(conv(channels, N), nn.LeakyReLU(inplace=True), res_blocks(N, res_blocks_n), conv(N, M))
+        self.g_s = nn.Sequential(deconv(M, N), nn.LeakyReLU(inplace=True), res_blocks(N, res_blocks_n), deconv(N, channels))
+        self.h_a = nn.Sequential(conv(M, Nh, 3, 1), nn.LeakyReLU(inplace=True), conv(Nh, Nh),
+                                 nn.LeakyReLU(inplace=True), conv(Nh, Nh))
+        self.h_s = nn.Sequential(deconv(Nh, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2),
+                                 nn.LeakyReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))
+        self.gain_y = GainUnit(num_gains, M)
+        self.gain_z = GainUnit(num_gains, Nh)
+        self.entropy_bottleneck = EntropyBottleneck(Nh)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    def _decode(self, y_hat):
+        return self.g_s(y_hat), []
+
+
+class ImageDecoder(nn.Module):
+    """Fig. 7: decoded features (stride 4) -> pixels, through ResBlocks and two upsampling steps."""
+
+    def __init__(self, channels: int = CHANNELS, inner: int = 64):
+        super().__init__()
+        self.inp = nn.Conv2d(channels, inner, 3, padding=1)
+        self.blocks = res_blocks(inner, 2)
+        self.up1, self.up2 = deconv(inner, inner), deconv(inner, 3)
+
+    def forward(self, h):
+        return self.up2(F.leaky_relu(self.up1(self.blocks(F.leaky_relu(self.inp(h), 0.1))), 0.1))
+
+
+class OmniFeaturesNet(CompressionModel):
+    """The whole network. ``forward(x, rate)`` (x (B,3,H,W) in [0,1], H and W multiples of 64) returns
+    ``features`` (h), ``features_hat`` (decoded h), ``likelihoods`` {y, z} and ``x_hat`` (the image
+    decoder's picture, from detached features)."""
+
+    ENCODER = ("head", "if_module")
+
+    def __init__(self, if_channels: int = 64, if_blocks: int = 2, N: int = 64, M: int = 64, Nh: int = 48,
+                 res_blocks: int = 1, num_gains: int = 6, image_channels: int = 64):
+        super().__init__()
+        self.config = dict(if_channels=if_channels, if_blocks=if_blocks, N=N, M=M, Nh=Nh, res_blocks=res_blocks,
+                           num_gains=num_gains, image_channels=image_channels)
+        self.head = BackboneHead()
+        self.if_module = IFModule(CHANNELS, if_channels, if_blocks)
+        self.compressor = FeatureCompressor(N, M, Nh, res_blocks, num_gains)
+        self.image_decoder = ImageDecoder(CHANNELS, image_channels)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "OmniFeaturesNet":
+        """The architecture a state dict describes (widths read from its shapes), loaded."""
+        try:
+            cfg = dict(if_channels=state["if_module.inp.weight"].shape[0],
+                       if_blocks=len({k.split(".")[2] for k in state if k.startswith("if_module.blocks.")}),
+                       N=state["compressor.g_a.0.weight"].shape[0], M=state["compressor.g_a.3.weight"].shape[0],
+                       Nh=state["compressor.h_a.0.weight"].shape[0],
+                       res_blocks=len({k.split(".")[3] for k in state if k.startswith("compressor.g_a.2.")}),
+                       num_gains=state["compressor.gain_y.log_inv_gain"].shape[0],
+                       image_channels=state["image_decoder.inp.weight"].shape[0])
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise ValueError(f"not an icm-omni-features state dict (no {exc})") from None
+        net = cls(**cfg)
+        from icm.training.codec import load_module_state
+
+        try:
+            load_module_state(net, state)
+        except RuntimeError as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        return net
+
+    def encoder_state(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in self.ENCODER}
+
+    def split_features(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.if_module(self.head(x01))
+
+    def forward(self, x: torch.Tensor, rate, beta=1.0, aux=None) -> dict:
+        h = self.split_features(x)
+        out = self.compressor(h, rate)
+        h_hat = out["x_hat"]
+        return {"features": h, "features_hat": h_hat, "likelihoods": out["likelihoods"],
+                "x_hat": self.image_decoder(h_hat.detach())}
+
+
+def load_head_from_task_model(net: OmniFeaturesNet, state: dict) -> None:
+    """Copy ``backbone.conv1/bn1/layer1.*`` of a task model's state dict into the head."""
+    head = {k[len("backbone."):]: v for k, v in state.items()
+            if k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1."))}
+    missing = set(net.head.state_dict()) - set(head)
+    if missing:
+        raise UserError(f"the task model has no ResNet-18/32 head ({sorted(missing)[0]} missing)")
+    net.head.load_state_dict(head)
+
+
+class OmniFeaturesCodec(FeatureCodec):
+    """The feature codec: continuous ``rate`` 0..1 as icm-omni's; weights from ``checkpoint``, else
+    configs/codecs/<name>/model.pth; ``weights="random"``: seeded untrained weights with the shipped
+    det model's head (what training starts from)."""
+
+    split = SPLIT
+    has_image_decoder = True
+
+    def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
+                 name: str = "icm-omni-features"):
+        if weights not in ("pretrained", "random"):
+            raise UserError(f"weights must be 'pretrained' or 'random', not {weights!r}")
+        if weights == "random" and checkpoint:
+            raise UserError("--weights random and --checkpoint contradict each other; give one")
+        self.name = name
+        self.version = "1-cai" + ".".join(compressai.__version__.split(".")[:2])
+        self.weights = weights
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.device = torch.device(device) if device else default_device()
+        self.rate_control = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
+        self.description = "Omni-ICM feature codec: ResNet-18 head + IF module + hyperprior (features, stride 4)"
+        self._net: OmniFeaturesNet | None = None
+        self._hash = b""
+
+    # -- weights -------------------------------------------------------------------------------------
+    def weights_file(self) -> Path | None:
+        if self.weights == "random":
+            return None
+        if self.checkpoint is not None:
+            return self.checkpoint
+        from icm.paths import configs_dir
+
+        return configs_dir() / "codecs" / self.name / "model.pth"
+
+    def unavailable_reason(self) -> str | None:
+        path = self.weights_file()
+        if path is None or path.is_file():
+            return None
+        if self.checkpoint is not None:
+            return f"checkpoint {path}: no such file"
+        return f"no weights at {path} (reinstall icm, or pass --checkpoint FILE, or --weights random)"
+
+    @property
+    def net(self) -> OmniFeaturesNet:
+        if self._net is None:
+            self.require_available()
+            net = self._build()
+            net.update(force=True)
+            entropy_guard.guard(net.compressor, {"entropy_bottleneck": "hyper", "gaussian_conditional": "main"})
+            self._net = net.to(self.device).eval()
+            self._hash = tensor_hash(self._net.state_dict())
+        return self._net
+
+    def _build(self) -> OmniFeaturesNet:
+        if self.weights == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                net = OmniFeaturesNet(**DEFAULT_CONFIG)
+            from icm.openmmlab import read_state_dict
+
+            from icm.paths import package_file
+
+            try:
+                det = package_file("icm_mmdet", "model/panoptic_fpn_r18_tiny_shapes.pth")
+            except Exception:  # icm-plugin-mmdet not installed: an untrained head, still seeded
+                return net
+            load_head_from_task_model(net, read_state_dict(str(det)))
+            return net
+        path = self.weights_file()
+        try:
+            return OmniFeaturesNet.from_state_dict(load_checkpoint(path))
+        except ValueError as exc:
+            raise UserError(f"checkpoint {path} does not fit {self.name} ({str(exc)[:200]})") from None
+
+    def weights_hash(self, rate: dict) -> bytes:
+        self.net
+        return self._hash
+
+    def encoder_hash(self) -> bytes:
+        """Hash of the encoder side alone (head + IF): what a conventional codec of the same split
+        tensor (hevc-features) depends on."""
+        return tensor_hash(self.net.encoder_state())
+
+    def trainable_module(self) -> OmniFeaturesNet:
+        return self.net
+
+    def forward(self, x, rate, beta=1.0, aux=None) -> dict:
+        return self.net(x, rate)
+
+    # -- features --------------------------------------------------------------------------------------
+    def feature_shape(self, height, width):
+        return (CHANNELS, -(-height // PAD_TO) * PAD_TO // FEATURE_STRIDE, -(-width // PAD_TO) * PAD_TO // FEATURE_STRIDE)
+
+    @torch.no_grad()
+    def image_features(self, images):
+        from icm.codecs.learned import pad
+
+        x = pad(to_tensors(images, self.device), PAD_TO)
+        # one pass per image, as the learned codecs code: a batched convolution may round differently
+        return torch.cat([self.net.split_features(x[i:i + 1]) for i in range(x.shape[0])])
+
+    def encode_feature_streams(self, features, rate):
+        return self.net.compressor.compress(features.to(self.device), rate["rate"])
+
+    def decode_feature_streams(self, streams, rate, shape):
+        names = set(streams)
+        if names != {"main", "hyper"}:
+            raise BitstreamError(f"{self.name} needs streams main and hyper, got {sorted(names)}")
+        _, h, w = shape
+        comp = self.net.compressor
+        entropy_guard.check_bottleneck(comp.entropy_bottleneck, streams["hyper"], (h // comp.stride, w // comp.stride),
+                                       "stream 'hyper'")
+        return comp.decompress(streams, (h, w), rate["rate"])
+
+    @torch.no_grad()
+    def features_to_image(self, features, width, height):
+        return to_images(self.net.image_decoder(features.to(self.device))[..., :height, :width])[0]
+
+    def estimate_bits_batch(self, images, rate):
+        feats = self.image_features(images)
+        with torch.no_grad():
+            out = self.net.compressor(feats, rate["rate"], synthesis=False)
+        return [float(b) for b in sum(-torch.log2(v).flatten(1).sum(1) for v in out["likelihoods"].values())]
+
+    def estimate_bits(self, image, rate):
+        return self.estimate_bits_batch([image], rate)[0]
