@@ -25,11 +25,17 @@ from icm.errors import UserError
 
 @dataclass
 class Batch:
-    images: torch.Tensor
+    images: torch.Tensor  # pixels (N, 3, H, W) in [0, 1]; for a feature-reading task the split tensors (N, C, h, w)
     samples: list[dict]
+    size: tuple[int, int] | None = None  # (H, W) of the pixels the batch stands for, when ``images`` holds features
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images: of the pixels, or of the padded image a feature batch was computed from."""
+        return tuple(self.size) if self.size is not None else tuple(self.images.shape[-2:])
 
 
 class Evaluator(ABC):
@@ -46,7 +52,8 @@ class Evaluator(ABC):
 
 class TaskAdapter(ABC):
     name: str = ""
-    consumes: str = "pixels"  # "pixels" now; "features" for adapters that read decoded features
+    consumes: str = "pixels"  # or "features": the adapter reads a feature codec's decoded split tensor
+    split: str | None = None  # what a feature reader reads: the split point named in feature bitstreams
     primary_metric: str = ""
     metrics: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # where predict/loss run; adapters set it from their model
@@ -96,6 +103,16 @@ class TaskAdapter(ABC):
     def model(self) -> torch.nn.Module:
         """The underlying frozen network (training scripts unfreeze a copy)."""
         raise NotImplementedError
+
+    def feature_reader(self, split: str, checkpoint: str | None = None, train: bool = False) -> "TaskAdapter | None":
+        """This task reading the decoded tensor of a feature codec split at ``split``: a new adapter with
+        ``consumes = "features"`` and ``split`` set, whose ``predict``/``loss``/``features`` take a
+        :class:`Batch` of split tensors (``images``) and the image size (``size``). Its network is the
+        back end: the rest of the task network from the split point on, with ``checkpoint``'s weights,
+        else the back end the plugin ships for that split, else the pixel model's own (``train=True``:
+        a trainable copy to fine-tune). None when the task cannot read that split: ``icm evaluate``
+        then gives it the feature codec's decoded pixels. See docs/plugins/tutorial.md."""
+        return None
 
 
 def match_classes(task: str, model: list[str], dataset: list[str], class_map: dict[str, str] | None = None) -> list[int | None]:
