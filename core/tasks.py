@@ -109,9 +109,10 @@ class TaskAdapter(ABC):
         ``consumes = "features"`` and ``split`` set, whose ``predict``/``loss``/``features`` take a
         :class:`Batch` of split tensors (``images``) and the image size (``size``). Its network is the
         back end: the rest of the task network from the split point on, with ``checkpoint``'s weights,
-        else the back end the plugin ships for that split, else the pixel model's own (``train=True``:
-        a trainable copy to fine-tune). None when the task cannot read that split: ``icm evaluate``
-        then gives it the feature codec's decoded pixels. See docs/plugins/tutorial.md."""
+        else the back end the plugin ships for that split. ``train=True`` gives a trainable copy to
+        fine-tune, starting from those weights or, without any, from the pixel model's own. None when
+        the task has no back end for that split: ``icm evaluate`` then gives it the feature codec's
+        decoded pixels. See docs/plugins/tutorial.md."""
         return None
 
 
