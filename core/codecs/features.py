@@ -97,5 +97,17 @@ class FeatureCodec(Codec):
             raise BitstreamError(f"{source}: decoded features are not finite")
         return features
 
+    def decode_all(self, bs: Bitstream, source: str = "bitstream", max_pixels: int | None = None):
+        """One decode of a file: (the split tensor, the picture made from it, or None without an
+        image decoder). ``icm evaluate`` calls this once per image and rate."""
+        features = self.features_from_bitstream(bs, source, max_pixels)
+        if not self.has_image_decoder:
+            return features, None
+        try:
+            image = self.features_to_image(features, bs.width, bs.height)
+        except Exception as exc:
+            raise BitstreamError(f"{source}: features do not decode to an image ({type(exc).__name__}: {_one_line(exc)})") from exc
+        return features, image
+
     def info(self) -> dict:
         return {**super().info(), "split": self.split, "image_decoder": self.has_image_decoder}

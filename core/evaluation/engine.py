@@ -143,6 +143,8 @@ class Engine:
         self._warm: set[str] = set()  # points whose codec has run once (first calls pay one-time set-up)
         self._bar = None
         self.codecs: dict[str, Codec] = {}  # opened once; the report decodes its samples with them too
+        self._readers: dict[str, dict] = {}  # split point -> {task: (feature reader, its model key)}
+        self._no_pixels: set[tuple[str, str]] = set()  # (task, codec) failures already recorded
 
     def codec_points(self) -> list[tuple[Codec | None, Point]]:
         points: list[tuple[Codec | None, Point]] = [(None, Point(ORIGINAL, {}, "none"))]
@@ -210,11 +212,12 @@ class Engine:
         """Run a learned codec once per point before timing it: its first call pays one-time set-up
         (oneDNN kernels, entropy-coder tables), which is reported as the ``warmup`` stage instead of
         being charged to the first image."""
-        if codec.kind != "learned" or point.label in self._warm:
+        if codec.kind not in ("learned", "features") or point.label in self._warm:
             return
         self._warm.add(point.label)
         with self.clock.stage("warmup"):
-            codec.from_bitstream(codec.to_bitstream(image, **point.rate))
+            bs = codec.to_bitstream(image, **point.rate)
+            codec.features_from_bitstream(bs) if codec.kind == "features" else codec.from_bitstream(bs)
 
     def _batched(self, stage: str, point: Point, ids: list, batch_call, one_call, inputs: list) -> list:
         """``batch_call(inputs)`` timed as ``stage``; when it fails, ``one_call`` per input finds the
@@ -242,7 +245,9 @@ class Engine:
         """Encode (or reuse the cached files) and decode once, in batches of equal-sized images, for
         (sample, image, key, pixels needed) entries. Decoding is skipped where nothing needs the pixels:
         the quality measures are kept next to each file, so a rerun whose predictions are all cached
-        decodes nothing. Returns {image id: (decoded pixels or None, record)} for the images that worked."""
+        decodes nothing. Returns {image id: (decoded pixels or None, record, decoded features or None)}
+        for the images that worked; a feature codec's file is decoded to its tensor once, and its
+        pixels (codecs with an image decoder) are made from that tensor."""
         folder = self.cache / "bitstreams" / point.codec / point.key
         state = {}
         for s, img, ikey, _ in entries:
@@ -267,18 +272,27 @@ class Engine:
             st["tag"] = st["bs"].weights_hash.hex() + "/" + st["bs"].codec_version
             st["quality_file"] = st["path"].with_name(st["path"].stem + ".quality.json")
             st["quality"] = _read_sidecar(st["quality_file"], st["tag"]) if st["encode_ms"] is None else None
-            st["decoded"], st["decode_ms"] = None, None
+            st["decoded"], st["decode_ms"], st["features"] = None, None, None
         to_decode = [e for e in entries if e[3] or state[e[0]["id"]]["quality"] is None]
         for group in self._groups(to_decode):
             self._warm_up(codec, point, group[0][1])
             sts = [state[e[0]["id"]] for e in group]
             paths = {id(st["bs"]): str(st["path"]) for st in sts}
-            done = self._batched("decode", point, [e[0]["id"] for e in group],
-                                 lambda files: codec.from_bitstreams(files, [paths[id(f)] for f in files]),
-                                 lambda bs: codec.from_bitstream(bs, source=paths[id(bs)]), [st["bs"] for st in sts])
+            if codec.kind == "features":  # the tensor once per file; the picture (if any) from that tensor
+                done = self._batched("decode", point, [e[0]["id"] for e in group],
+                                     lambda files: [codec.decode_all(f, paths[id(f)]) for f in files],
+                                     lambda bs: codec.decode_all(bs, paths[id(bs)]), [st["bs"] for st in sts])
+            else:
+                done = self._batched("decode", point, [e[0]["id"] for e in group],
+                                     lambda files: codec.from_bitstreams(files, [paths[id(f)] for f in files]),
+                                     lambda bs: codec.from_bitstream(bs, source=paths[id(bs)]), [st["bs"] for st in sts])
             for st, got in zip(sts, done):
                 if got is not None:
                     st["decoded"], st["decode_ms"] = got
+                    if codec.kind == "features":
+                        st["features"], st["decoded"] = st["decoded"]
+                        if st["decoded"] is None and st["quality"] is None:  # no picture: nothing to measure
+                            st["quality"] = {"psnr": None, "ms_ssim": None}
                     self.counters.decodes += 1
             fresh = [(e[1], st) for e, st in zip(group, sts) if st["quality"] is None and st["decoded"] is not None]
             if fresh:
@@ -297,7 +311,7 @@ class Engine:
             rec["bpp"] = rec["bytes"] * 8 / st["bs"].pixels
             est = estimates.get(s["id"])
             rec["est_bpp"] = None if est is None else est / st["bs"].pixels
-            out[s["id"]] = (st["decoded"], rec)
+            out[s["id"]] = (st["decoded"], rec, st["features"])
         return out
 
     def _groups(self, entries: list) -> list[list]:
@@ -343,30 +357,34 @@ class Engine:
         return False, None
 
     def _predict_point(self, adapters: dict[str, TaskAdapter], mkeys: dict[str, str], point: Point,
-                       items: list[tuple[dict, np.ndarray, str]], todo: dict[str, set]) -> dict[str, dict]:
-        """Run every task on the decoded images it has no cached prediction for. One Batch object per
-        group of equal-sized images serves every task that needs all of them, so tasks declaring the
-        same ``forward_key`` compute one forward; a task that fails is recorded and the others go on."""
+                       items: list[tuple], todo: dict[str, set]) -> dict[str, dict]:
+        """Run every task on the decoded images it has no cached prediction for; items are (sample,
+        decoded pixels, key, decoded features or None, original shape), and a feature reader gets the
+        features. One Batch object per group of equal-sized images serves every task that needs all of
+        them, so tasks declaring the same ``forward_key`` compute one forward; a task that fails is
+        recorded and the others go on."""
         preds: dict[str, dict] = {t: {} for t in adapters}
         failed: set[str] = set()
         order = sorted(adapters, key=lambda t: str(adapters[t].forward_key))  # sharers back to back
         for i in range(0, len(items), self.exp.batch_size):
             groups: dict[tuple, list] = {}
             for item in items[i:i + self.exp.batch_size]:  # a batch needs one image size
-                groups.setdefault(item[1].shape, []).append(item)
+                groups.setdefault(item[4], []).append(item)
             for group in groups.values():
-                shared: dict[torch.device, Batch] = {}
+                shared: dict[tuple, Batch] = {}
                 for task in order:
                     adapter = adapters[task]
                     mine = [it for it in group if it[2] in todo[task]]
                     if not mine or task in failed:
                         continue
+                    reads = getattr(adapter, "consumes", "pixels")
+                    key = (adapter.device, reads)
                     if len(mine) < len(group):
-                        batch = _batch(mine, adapter.device)
-                    elif adapter.device in shared:
-                        batch = shared[adapter.device]
+                        batch = _batch(mine, adapter.device, reads)
+                    elif key in shared:
+                        batch = shared[key]
                     else:
-                        batch = shared[adapter.device] = _batch(group, adapter.device)
+                        batch = shared[key] = _batch(group, adapter.device, reads)
                     try:
                         with self.clock.stage(f"predict/{task}"), torch.no_grad():
                             out = adapter.predict(batch)
@@ -374,7 +392,7 @@ class Engine:
                         self.fail({"task": task, "point": point.label, "stage": "predict", "error": error_text(exc)})
                         failed.add(task)
                         continue
-                    for (sample, _, ikey), p in zip(mine, out):
+                    for (sample, _, ikey, *_), p in zip(mine, out):
                         atomic_write_bytes(self._prediction_file(mkeys[task], point, ikey), pickle.dumps(p))
                         preds[task][sample["id"]] = p
                         self.counters.predictions += 1
@@ -382,6 +400,38 @@ class Engine:
         for task in failed:  # what a failed task did not predict is done too, as far as the bar goes
             self._tick(len(todo[task]) - len(preds[task]))
         return preds
+
+    def _point_tasks(self, codec, point: Point, adapters: dict, mkeys: dict) -> tuple[dict, dict]:
+        """The adapters (and model keys) that predict at a point: for a feature codec, each task's
+        feature reader of the codec's split (built once per split) and, for tasks without one, the
+        pixel adapter on the codec's decoded pictures; a pixel task on a feature codec without an
+        image decoder is left out, with one failure recorded."""
+        if codec is None or codec.kind != "features":
+            return adapters, mkeys
+        if codec.split not in self._readers:
+            readers = {}
+            for task, adapter in adapters.items():
+                with self.clock.stage("load/tasks"):
+                    reader = adapter.feature_reader(codec.split)
+                if reader is not None:
+                    reader.class_map = adapter.class_map
+                    reader.bind(adapter.dataset)
+                    readers[task] = (reader, model_key(reader))
+            self._readers[codec.split] = readers
+        readers = self._readers[codec.split]
+        chosen, keys = {}, {}
+        for task, adapter in adapters.items():
+            if task in readers:
+                chosen[task], keys[task] = readers[task]
+            elif codec.has_image_decoder:
+                chosen[task], keys[task] = adapter, mkeys[task]
+            elif (task, codec.name) not in self._no_pixels:
+                self._no_pixels.add((task, codec.name))
+                if self.rank == 0:
+                    self.fail({"task": task, "point": point.codec, "stage": "predict",
+                               "error": f"task {task} has no back end for features split at {codec.split} and "
+                                        f"{codec.name} has no image decoder; task skipped for this codec"})
+        return chosen, keys
 
     def _tick(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -421,6 +471,7 @@ class Engine:
         self._bar = tqdm(total=total, desc="evaluate" + (f" (rank 0 of {world})" if world > 1 else ""),
                          unit="step", disable=not self.progress or rank != 0)
         for codec, point in points:
+            readers, point_mkeys = self._point_tasks(codec, point, adapters, mkeys)
             entries, missing = [], {}
             for s in shard:
                 if s["id"] not in originals:
@@ -429,7 +480,10 @@ class Engine:
                 img, ikey = originals[s["id"]]
                 missing[s["id"]] = []
                 for task in adapters:
-                    hit, p = self._cached_prediction(mkeys[task], point, ikey)
+                    if task not in readers:  # a pixel task on a codec without pixels: recorded once, skipped
+                        self._tick()
+                        continue
+                    hit, p = self._cached_prediction(point_mkeys[task], point, ikey)
                     if hit:
                         predictions[task].setdefault(point.label, {})[s["id"]] = p
                         self.counters.prediction_cache_hits += 1
@@ -439,7 +493,7 @@ class Engine:
                 entries.append((s, img, ikey, bool(missing[s["id"]])))
             if codec is None:
                 coded = {s["id"]: (img, {"bytes": None, "bpp": None, "est_bpp": None, "encode_ms": None,
-                                         "decode_ms": None, "psnr": None, "ms_ssim": None}) for s, img, _, _ in entries}
+                                         "decode_ms": None, "psnr": None, "ms_ssim": None}, None) for s, img, _, _ in entries}
             else:
                 coded = self._code_point(codec, point, entries)
             items, todo = [], {t: set() for t in adapters}
@@ -447,16 +501,16 @@ class Engine:
                 if s["id"] not in coded:  # its failure is recorded: what it would have done is done
                     self._tick(1 + len(missing[s["id"]]))
                     continue
-                decoded, rec = coded[s["id"]]
+                decoded, rec, features = coded[s["id"]]
                 rec.update({"codec": point.codec, "rate": point.rate, "rate_key": point.key, "image_id": s["id"],
                             "pixels": img.shape[0] * img.shape[1]})
                 records.append(rec)
                 self._tick()
                 if missing[s["id"]]:
-                    items.append((s, decoded, ikey))
+                    items.append((s, decoded, ikey, features, img.shape))
                     for task in missing[s["id"]]:
                         todo[task].add(ikey)
-            for task, got in self._predict_point(adapters, mkeys, point, items, todo).items():
+            for task, got in self._predict_point(readers, point_mkeys, point, items, todo).items():
                 predictions[task].setdefault(point.label, {}).update(got)
         self._bar.close()
 
@@ -598,10 +652,14 @@ def score_key(task: str, adapter: TaskAdapter, truth: str, preds: dict, ids: lis
     return h.hexdigest()[:32]
 
 
-def _batch(items: list[tuple[dict, np.ndarray, str]], device) -> Batch:
-    """(sample, decoded HxWx3 uint8, key) items of one size -> a Batch of [0, 1] pixels on ``device``."""
-    x = torch.stack([torch.from_numpy(d.copy()).permute(2, 0, 1) for _, d, _ in items]).float().div(255)
-    return Batch(x.to(device), [s for s, _, _ in items])
+def _batch(items: list[tuple], device, reads: str = "pixels") -> Batch:
+    """(sample, decoded HxWx3 uint8, key, decoded features, shape) items of one size -> a Batch of [0, 1]
+    pixels on ``device``, or (``reads == "features"``) of the decoded split tensors with the image size."""
+    if reads == "features":
+        h, w = items[0][4][:2]
+        return Batch(torch.cat([it[3] for it in items]).to(device), [it[0] for it in items], size=(h, w))
+    x = torch.stack([torch.from_numpy(it[1].copy()).permute(2, 0, 1) for it in items]).float().div(255)
+    return Batch(x.to(device), [it[0] for it in items])
 
 
 def _read_sidecar(path: Path, tag: str) -> dict | None:

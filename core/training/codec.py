@@ -120,6 +120,49 @@ def find_module(codec: Codec) -> torch.nn.Module:
     raise UserError(f"codec {codec.name!r}: no trainable torch module (expected trainable_module(), .net or .model)")
 
 
+class BackendTrainable(torch.nn.Module):
+    """A task's feature back end (``adapter.feature_reader(split, train=True)``) trained on a frozen
+    feature codec's decoded split tensors: ``forward(x, rate)`` runs the codec (eval mode, rounded
+    latents, no gradient) and returns its ``features_hat`` and likelihoods; ``net`` is the back end's
+    network, what is optimised, saved and exported. ``x_hat`` is x itself: nothing decodes pixels."""
+
+    def __init__(self, codec: Codec, reader):
+        super().__init__()
+        self.codec, self.reader, self.continuous = codec, reader, True
+        self.net = reader.model
+        self.frozen: list[torch.nn.Module] = []
+
+    def forward(self, x: torch.Tensor, rate=None) -> dict:
+        net = find_module(self.codec)
+        net.eval()
+        with torch.no_grad():
+            out = self.codec.forward(x, rate)
+        return {"x_hat": x, "likelihoods": out["likelihoods"], "features": out["features"],
+                "features_hat": out["features_hat"]}
+
+    def main_and_aux_parameters(self):
+        return [p for p in self.net.parameters() if p.requires_grad], []
+
+    def aux_loss(self):
+        return None
+
+
+def open_backend_for_training(cfg, device: torch.device, adapters: dict) -> BackendTrainable:
+    """The codec (frozen) and the back end of ``cfg.backend`` reading its split; ``adapters[task]``
+    becomes that feature reader, so the task's loss terms and validation read features."""
+    codec = open_codec(cfg.codec.name, **{**cfg.codec.options, "device": str(device)})
+    if getattr(codec, "kind", "") != "features" or not hasattr(codec, "forward"):
+        raise UserError(f"backend = {cfg.backend!r}: codec {cfg.codec.name!r} is not a trainable feature codec")
+    codec.require_available()
+    find_module(codec).requires_grad_(False)
+    start = str(init_file(cfg.init)) if cfg.init and cfg.init != "scratch" else None
+    reader = adapters[cfg.backend].feature_reader(codec.split, checkpoint=start, train=True)
+    if reader is None:
+        raise UserError(f"task {cfg.backend!r} cannot read features split at {codec.split!r} (no feature_reader)")
+    adapters[cfg.backend] = reader
+    return BackendTrainable(codec, reader).to(device)
+
+
 def open_for_training(cfg: CodecConfig, device: torch.device) -> Trainable:
     import inspect
 

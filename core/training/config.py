@@ -69,6 +69,7 @@ class TrainConfig:
     clamp_for_tasks: bool = False  # task models see x̂ clamped to [0, 1]
     task_scales: dict[str, float] = field(default_factory=dict)  # multiplies every term of a task
     skip_nonfinite: bool = True  # skip (and count) steps whose loss or gradient is not finite
+    backend: str | None = None  # train this task's feature back end on the (frozen) feature codec's decoded features
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,6 +141,13 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
         raise UserError(f"{source}: task_scales names {unknown_tasks}, which are not tasks of this run")
     if cfg.crop and any(k.partition(":")[0] in ("task", "gtbox_distill") for k in losses):
         raise UserError(f"{source}: crop cuts the images the ground truth describes; task and gtbox_distill terms need whole images")
+    if cfg.backend is not None:
+        if cfg.backend not in named:
+            raise UserError(f"{source}: backend {cfg.backend!r} is not a task of this run (add a task:{cfg.backend} loss)")
+        if cfg.crop:
+            raise UserError(f"{source}: a back end trains on whole images' features; remove crop")
+        if cfg.reevaluate:
+            cfg.reevaluate = False  # the codec does not change: its Pareto front is the codec's own
     return cfg
 
 

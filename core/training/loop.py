@@ -115,8 +115,13 @@ class Run:
         for a in self.adapters.values():
             a.bind(self.train_ds)
         self.losses = {t: build_loss(t, spec.options) for t, spec in cfg.losses.items()}
-        self.trainable = C.open_for_training(cfg.codec, self.device)
-        self.init = C.load_init(self.trainable, cfg.init, cfg.seed) if cfg.init else None
+        if cfg.backend:  # the codec is frozen; the task's back end trains (its init is the reader's checkpoint)
+            self.trainable = C.open_backend_for_training(cfg, self.device, self.adapters)
+            self.adapters[cfg.backend].bind(self.train_ds)
+            self.init = {"init": cfg.init} if cfg.init else None
+        else:
+            self.trainable = C.open_for_training(cfg.codec, self.device)
+            self.init = C.load_init(self.trainable, cfg.init, cfg.seed) if cfg.init else None
         self.schedule = build_schedule(cfg.schedule, list(self.losses), cfg.schedule_options)
         self.rates = C.val_rates(cfg.codec, self.trainable.continuous)
         self.history: list[dict] = []

@@ -43,6 +43,13 @@ class Context:
         """What the task models see of the decoded images."""
         return self.x_hat.clamp(0, 1) if self.clamp else self.x_hat
 
+    def task_input(self, task: str) -> tuple[torch.Tensor, Batch]:
+        """What ``task``'s adapter reads: the decoded pixels, or (a feature reader) the decoded split tensor."""
+        if getattr(self.adapters[task], "consumes", "pixels") == "features":
+            f = self.out["features_hat"]
+            return f, Batch(f, self.batch.samples, size=tuple(self.x.shape[-2:]))
+        return self.x_task, self.batch
+
     def _cached(self, key, make):
         if key not in self.cache:
             self.cache[key] = make()
@@ -141,7 +148,7 @@ class Task(Loss):
         self.running: float | None = None
 
     def __call__(self, ctx):
-        value = ctx.adapters[self.task].loss(ctx.x_task, ctx.batch)
+        value = ctx.adapters[self.task].loss(*ctx.task_input(self.task))
         if not self.normalise:
             return value
         v = float(value.detach())

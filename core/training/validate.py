@@ -45,7 +45,11 @@ def validate(trainable, adapters: dict, images: list[dict], rates: list[dict], *
             for s, m in zip(samples, mse.tolist()):
                 psnrs[s["id"]] = float("inf") if m == 0 else 10 * math.log10(1.0 / m)
             for t, a in adapters.items():
-                for s, p in zip(samples, a.predict(Batch(x_hat.to(a.device), samples))):
+                if getattr(a, "consumes", "pixels") == "features":  # a back end reads the decoded split tensor
+                    batch = Batch(out["features_hat"].to(a.device), samples, size=(h, w))
+                else:
+                    batch = Batch(x_hat.to(a.device), samples)
+                for s, p in zip(samples, a.predict(batch)):
                     preds[t][s["id"]] = p
             bar.update(1)
         local.append({"bits": bits, "pixels": pixels, "psnr": psnrs, "preds": preds})
