@@ -95,7 +95,8 @@ def sample_images(exp: Experiment, result: dict, dataset, codecs: dict | None = 
             except (IcmError, OSError):
                 continue
             out.append((f"{s['id']}-{p['codec']}-{p['rate_key']}",
-                        f"#{s['id']} {p['codec']} {p['rate_key']} {bs.bpp():.3f} bpp", png))
+                        f"#{s['id']} {p['codec']} {p['rate_key']} {bs.bpp():.3f} bpp"
+                        + (" (picture decoded from the features)" if bs.features is not None else ""), png))
     return out
 
 
