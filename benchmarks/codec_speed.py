@@ -213,6 +213,8 @@ class Row:
     weights: str = ""  # "random" for untrained weights, else empty
     x_jpeg: float | None = None
     jpeg_ref: str | None = None
+    split_shape: list | None = None  # feature codecs: the split tensor's (C, h, w) and values per pixel
+    split_values_per_pixel: float | None = None
     per_image: dict = field(default_factory=dict)
 
 
@@ -229,26 +231,35 @@ def measure(codec, rate: dict, images: dict[str, np.ndarray], repeat: int) -> di
     from icm.images import psnr
 
     first = next(iter(images.values()))
-    codec.decode(codec.encode(first, **rate))  # warm-up: model loading, ffmpeg probing, caches
+    features = getattr(codec, "kind", "") == "features"
+    # a feature codec's decode is the tensor (what tasks read); its picture, if it has one, comes after
+    decode = codec.decode_features if features else codec.decode
+    decode(codec.encode(first, **rate))  # warm-up: model loading, ffmpeg probing, caches
     enc, dec, bpps, psnrs, per_image = [], [], [], [], {}
     for name, img in images.items():
         e_ms, data = time_call(lambda: codec.encode(img, **rate), repeat)
-        d_ms, out = time_call(lambda: codec.decode(data), repeat)
+        d_ms, out = time_call(lambda: decode(data), repeat)
         pixels = img.shape[0] * img.shape[1]
         bpp = len(data) * 8 / pixels
-        q = psnr(img, out)
+        extra = {}
+        if features:
+            extra["split_shape"] = list(out.shape[1:])
+            extra["split_values_per_pixel"] = out.numel() / pixels
+            out = codec.features_to_image(out, img.shape[1], img.shape[0]) if codec.has_image_decoder else None
+        q = psnr(img, out) if out is not None else float("nan")
         enc.append(e_ms)
         dec.append(d_ms)
         bpps.append(bpp)
         psnrs.append(q)
         per_image[name] = {"bytes": len(data), "bpp": bpp, "psnr": q if math.isfinite(q) else None,
-                           "encode_ms": e_ms, "decode_ms": d_ms}
+                           "encode_ms": e_ms, "decode_ms": d_ms, **extra}
     mp = first.shape[0] * first.shape[1] / 1e6
     finite = [q for q in psnrs if math.isfinite(q)]
+    split = {k: per_image[next(iter(per_image))][k] for k in ("split_shape", "split_values_per_pixel") if features}
     return {"bpp": statistics.fmean(bpps), "psnr": statistics.fmean(finite) if finite else None,
             "encode_ms": statistics.fmean(enc), "decode_ms": statistics.fmean(dec),
             "encode_ms_per_mp": statistics.fmean(enc) / mp, "decode_ms_per_mp": statistics.fmean(dec) / mp,
-            "per_image": per_image}
+            **split, "per_image": per_image}
 
 
 def add_jpeg_ratios(rows: list[Row]) -> bool:
@@ -294,12 +305,14 @@ def print_table(console, rows: list[Row], have_jpeg: bool, size, repeat: int) ->
             table.add_section()
         previous = r.codec
         random = r.weights == "random"
-        psnr = "inf" if r.psnr is None else f"{r.psnr:.2f}"
+        psnr = ("-" if r.kind == "features" else "inf") if r.psnr is None else f"{r.psnr:.2f}"
         cells = [r.codec, r.rate_label, f"{r.bpp:.3f}", f"[dim]{psnr}[/]" if random else psnr,
                  ms(r.encode_ms), ms(r.decode_ms), f"{r.encode_ms_per_mp:.0f}", f"{r.decode_ms_per_mp:.0f}"]
         if have_jpeg:
             cells.append("-" if r.x_jpeg is None else f"{r.x_jpeg:.1f}x @q{r.jpeg_ref.split('=')[-1]}")
-        cells.append("[yellow]random weights[/]" if random else "")
+        split = (f"features {'x'.join(map(str, r.split_shape))} ({r.split_values_per_pixel:.2f} values/px); dec = tensor"
+                 if r.split_shape else "")
+        cells.append(" ".join(x for x in ("[yellow]random weights[/]" if random else "", split) if x))
         table.add_row(*cells)
     console.print(table)
     if have_jpeg:
@@ -404,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             note(name, f"unavailable ({reason})")
             continue
         kind = getattr(codec, "kind", "anchor")
-        points = args.learned_points if kind == "learned" else args.anchor_points
-        random_weights = kind == "learned" and opts.get("weights") == "random"
+        points = args.learned_points if kind in ("learned", "features") else args.anchor_points
+        random_weights = kind in ("learned", "features") and opts.get("weights") == "random"
         try:
             rates = select_rates(codec, points)
         except (ValueError, TypeError) as exc:
