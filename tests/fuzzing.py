@@ -58,7 +58,12 @@ def serialise(bs: Bitstream, rate_raw: bytes | None = None, table: list[tuple[st
     _put_bytes8(out, bs.weights_hash)
     _put_varint(out, bs.width)
     _put_varint(out, bs.height)
-    out.append(0)
+    out.append(0 if bs.features is None else 1)
+    if bs.features is not None:  # FEATURES: split point, rank, shape
+        _put_str8(out, bs.features.split)
+        out.append(len(bs.features.shape))
+        for n in bs.features.shape:
+            _put_varint(out, n)
     rate = json.dumps(bs.rate, separators=(",", ":"), sort_keys=True).encode() if rate_raw is None else rate_raw
     out += struct.pack(">H", len(rate)) + rate
     table = list(bs.streams.items()) if table is None else table
@@ -283,7 +288,7 @@ def _worker() -> None:
             streams = []
             for rate in base_rates(codec, req["rates"]):
                 bs = codec.to_bitstream(image, **rate)
-                codec.from_bitstream(bs)  # builds the model now, so the first case is timed fairly
+                _decode(codec, bs, {})  # builds the model now, so the first case is timed fairly
                 streams.append(base64.b64encode(bs.to_bytes()).decode())
             out.write(json.dumps({"bases": streams}) + "\n")
             out.flush()
@@ -300,8 +305,8 @@ def _worker() -> None:
         answer = {}
         try:
             limit = {"max_pixels": req["max_pixels"]} if req.get("max_pixels") else {}
-            image = codec.from_bitstream(Bitstream.from_bytes(data), **limit)
-            ok = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            image = _decode(codec, Bitstream.from_bytes(data), limit)
+            ok = image is None or (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3)
             answer = {"outcome": "decoded" if ok else "error", "message": f"shape {getattr(image, 'shape', None)}"}
         except BitstreamError as exc:
             msg = str(exc)
@@ -313,6 +318,14 @@ def _worker() -> None:
                       rss_before_kb=before, peak_kb=peak_rss_kb(reset=False))
         out.write(json.dumps(answer) + "\n")
         out.flush()
+
+
+def _decode(codec, bs: Bitstream, limit: dict):
+    """What icm evaluate decodes: pixels, or for a feature codec the tensor and then its picture (None
+    for a codec without an image decoder)."""
+    if getattr(codec, "kind", "") == "features":
+        return codec.decode_all(bs, **limit)[1]
+    return codec.from_bitstream(bs, **limit)
 
 
 def _restamp(codec, data: bytes) -> bytes:
