@@ -69,3 +69,12 @@ def icm_register_codecs(register):
              rate_control=OMNI_RATES, unavailable_reason=_shipped_weights_missing("icm-omni-features", ["model.pth"]),
              description="Omni-ICM feature codec: codes ResNet-18 stride-4 features (split resnet18w32.layer1+if); "
                          "feature-reading tasks read them, a decoder gives pixels")
+    from icm.codecs.anchors import HEVC
+
+    register("hevc-features", Lazy("icm.codecs.feature_anchors:HEVCFeatures"), kind="features",
+             rate_control=RateControl("qp", (0, 51), False, (40, 42, 44, 46, 48, 51)),
+             unavailable_reason=lambda: HEVC().unavailable_reason()
+             or _shipped_weights_missing("icm-omni-features", ["model.pth"])(),
+             description="HEVC intra anchor of the feature split (MPEG FCM style): icm-omni-features' split tensor "
+                         "tiled into one monochrome 10-bit frame, x265 at fixed QP; --checkpoint/--weights go to "
+                         "icm-omni-features' encoder side")
