@@ -109,13 +109,15 @@ def _checkpoint(codec, tmp_path, name, key):
 
 
 def test_a_file_of_other_encoder_weights_is_refused(codec, image, coded, tmp_path):
-    # another IF module: another split tensor, another hash, refused both ways
-    other = _open(device="cpu", checkpoint=_checkpoint(codec, tmp_path, "if", "if_module.out.weight"))
+    # another backbone head: another split tensor, another hash, refused both ways
+    other = _open(device="cpu", checkpoint=_checkpoint(codec, tmp_path, "head", "head.conv1.weight"))
     assert other.weights_hash({}) != codec.weights_hash({})
     _one_line_refusal(codec, other.encode(image, qp=42), "weights mismatch")
     _one_line_refusal(other, coded.to_bytes(), "weights mismatch")
-    # another feature compressor (icm-omni-features retrained past the split): the same features, the file decodes
+    # another IF module and compressor (icm-omni-features retrained past the split): the same features, the file decodes
     same = _open(device="cpu", checkpoint=_checkpoint(codec, tmp_path, "compressor", "compressor.g_a.0.weight"))
+    assert same.weights_hash({}) == codec.weights_hash({})
+    same = _open(device="cpu", checkpoint=_checkpoint(codec, tmp_path, "if", "if_module.out.weight"))
     assert same.weights_hash({}) == codec.weights_hash({})
     assert torch.equal(same.decode_features(coded.to_bytes()), codec.decode_features(coded.to_bytes()))
 

@@ -327,8 +327,8 @@ def _codec_output(ctx: Context, key: str, loss: str) -> torch.Tensor:
 
 
 class FeatureMSE(Loss):
-    """Distortion of a feature codec: MSE between the split tensor h and its decoding ĥ, per sample,
-    divided by the batch's energy mean(h²) (so it reads as a relative error whatever the features' scale)."""
+    """Distortion of a feature codec: MSE between the split tensor f and its decoding f̂, per sample,
+    divided by the batch's energy mean(f²) (so it reads as a relative error whatever the features' scale)."""
 
     kind = "feature_mse"
 
@@ -355,7 +355,7 @@ def _embed(h: torch.Tensor, grid: int) -> torch.Tensor:
 
 class Contrastive(Loss):
     """Omni-ICM's instance discrimination (supplementary §2.2): InfoNCE across the batch between the
-    decoded features ĥ of each image (queries) and the uncompressed features of a colour-jittered,
+    decoded features f̂ of each image (queries) and the uncompressed split features of a colour-jittered,
     flipped view of the same image (keys). Embeddings: h pooled to a ``grid``×``grid`` map (the
     view's flip mirrors it, so the keys are flipped back), L2-normalised; temperature ``tau``."""
 
