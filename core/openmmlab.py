@@ -256,25 +256,36 @@ class OpenMMLabAdapter:
     """Shared constructor of the OpenMMLab task adapters: any config + checkpoint (path or URL), or
     the shipped config and weights when no config is given; ``train=True`` starts from scratch.
     Subclasses set ``library`` (mmdet, mmseg, mmpose, mmpretrain), ``default_config`` and
-    ``default_weights`` (paths inside the adapter's own package, so they ship in its wheel)."""
+    ``default_weights`` (paths inside the adapter's own package, so they ship in its wheel), and
+    ``feature_backends`` ({split: path inside the package}) for the back ends they ship.
+
+    Feature reading (:meth:`feature_reader`) is shared too: a model whose backbone is a ResNet with
+    a 32-channel layer1 reads the split tensor of ``icm-omni-features`` in place of its own layer1
+    output (:class:`FeatureFedBackbone`)."""
 
     library = ""
     default_config = ""
     default_weights = ""
+    feature_backends: dict[str, str] = {}  # split -> back-end weights shipped in the package (model/....pth)
+    input_stride = 1  # image pixels per cell of what the model reads: 1 for pixels, the split's stride for features
+    _reader_split: str | None = None  # set on a feature reader before its constructor runs (its forward_key)
 
     def __init__(self, config=None, checkpoint=None, device=None, train=False):
         from icm.paths import package_file
 
         super().__init__()
         if config is None:
-            package = type(self).__module__.split(".")[0]
-            config = package_file(package, self.default_config)
-            checkpoint = checkpoint or (None if train else str(package_file(package, self.default_weights)))
+            config = package_file(self._package(), self.default_config)
+            checkpoint = checkpoint or (None if train else str(package_file(self._package(), self.default_weights)))
+        self._config_source = config  # what feature_reader builds its new adapter from
         self.cfg = load_config(config, self.library)
         # Adapters built from the same config file and checkpoint share one frozen model (det, inst and
         # panoptic on the shipped PanopticFPN: one load, and one forward per batch, see forward_key).
+        # Feature readers share among themselves (per split), never with the pixel model.
         self.forward_key = None if train or isinstance(config, dict) else \
             (self.library, str(Path(config).resolve()), str(checkpoint), str(device))
+        if self.forward_key and self._reader_split:
+            self.forward_key += ("features", self._reader_split)
         model = _SHARED_MODELS.get(self.forward_key) if self.forward_key else None
         if model is None:
             model = build_model(self.cfg, self.library, checkpoint, device)
@@ -283,15 +294,126 @@ class OpenMMLabAdapter:
         self._model = model
         self.device = next(self._model.parameters()).device
 
+    @classmethod
+    def _package(cls) -> str:
+        return cls.__module__.split(".")[0]
+
     @property
     def model(self):
         return self._model
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised model input, zero-padded (after normalisation) to a multiple of 32 at the bottom/right."""
+        """Normalised model input, zero-padded (after normalisation) to a multiple of 32 at the bottom/right.
+        A feature reader's input is the split tensor itself, not normalised, zero-padded to a multiple of
+        32 / stride (8 for stride 4), so the padded image it stands for is a multiple of 32 as for pixels."""
         import torch.nn.functional as F
 
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 32, (-w) % 32
-        x = normalise(x.to(self.device), self.cfg)
+        multiple = 32 // self.input_stride
+        ph, pw = (-h) % multiple, (-w) % multiple
+        features = getattr(self, "consumes", "pixels") == "features"
+        x = x.to(self.device) if features else normalise(x.to(self.device), self.cfg)
         return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def _image_hw(self, inputs: torch.Tensor) -> tuple[int, int]:
+        """(H, W) in image pixels of a model input (the padded image the data samples describe):
+        the input's own size for pixels, its size times the split's stride for features."""
+        h, w = inputs.shape[-2:]
+        return int(h) * self.input_stride, int(w) * self.input_stride
+
+    # -- feature reading ------------------------------------------------------------------------------
+    def feature_reader(self, split: str, checkpoint: str | None = None, train: bool = False):
+        """This task reading the split tensor ``split`` (see ``TaskAdapter.feature_reader``): a new
+        adapter of the same class and config whose backbone takes the split tensor as its layer1
+        output (:class:`FeatureFedBackbone`). Weights: ``checkpoint`` (a whole-model checkpoint of this
+        config; the stem and layer1 in it are not used), else the back end shipped in
+        ``feature_backends``, else with ``train=True`` a copy of this adapter's own weights. With
+        ``train=True`` the back end (backbone from layer2 on, neck, heads) has gradients and the model
+        is private; without, readers of the same config and weights share one frozen model (never the
+        pixel model). None for a split this model cannot read, or without any weights and train=False."""
+        spec = FEATURE_SPLITS.get(split)
+        if spec is None or not reads_split(getattr(self._model, "backbone", None), spec):
+            return None
+        if checkpoint is None and split in self.feature_backends:
+            from icm.paths import package_file
+
+            checkpoint = str(package_file(self._package(), self.feature_backends[split]))
+        if checkpoint is None and not train:
+            return None
+        cls = type(self)
+        reader = cls.__new__(cls)
+        reader._reader_split = split
+        reader.__init__(self._config_source, checkpoint, str(self.device), train)
+        reader.consumes, reader.split, reader.input_stride = "features", split, spec["stride"]
+        reader.class_map = dict(self.class_map)
+        model = reader._model
+        if checkpoint is None:  # train=True from the pixel model's own weights
+            model.load_state_dict(self._model.state_dict())
+            model.dataset_meta = copy.deepcopy(getattr(self._model, "dataset_meta", {}))
+        FeatureFedBackbone.install(model.backbone, spec["layer"])
+        if train:
+            backend = backend_parameters(model.backbone, spec["layer"])
+            for name, p in model.named_parameters():
+                p.requires_grad_(not name.startswith("backbone.") or id(p) in backend)
+        if self.dataset is not None:
+            reader.bind(self.dataset)
+        return reader
+
+
+# The split tensors OpenMMLab ResNets can read: the output of res layer ``layer`` (0 = layer1) with
+# ``channels`` channels at ``stride`` image pixels per cell.
+FEATURE_SPLITS = {"resnet18w32.layer1+if": dict(layer=0, channels=32, stride=4)}
+
+
+def reads_split(backbone, spec: dict) -> bool:
+    """Whether ``backbone`` is an mmdet/mmseg/mmpose/mmpretrain ResNet whose res layer ``spec["layer"]``
+    outputs ``spec["channels"]`` channels at ``spec["stride"]`` (stem stride 4, layers of stride 1 up to it)."""
+    import torch.nn as nn
+
+    layers = getattr(backbone, "res_layers", None)
+    if not layers or not hasattr(backbone, "out_indices") or len(layers) <= spec["layer"] + 1:
+        return False
+    if any(0 <= i < spec["layer"] for i in backbone.out_indices):  # outputs before the split: not computable
+        return False
+    strides = tuple(getattr(backbone, "strides", ()))
+    if spec["stride"] != 4 or getattr(backbone, "maxpool", None) is None or \
+            any(s != 1 for s in strides[:spec["layer"] + 1]):
+        return False
+    convs = [m for m in getattr(backbone, layers[spec["layer"]]).modules() if isinstance(m, nn.Conv2d)]
+    return bool(convs) and convs[-1].out_channels == spec["channels"]
+
+
+def backend_parameters(backbone, layer: int) -> set[int]:
+    """ids of the backbone parameters a feature-fed backbone uses: those of the res layers after ``layer``."""
+    return {id(p) for name in backbone.res_layers[layer + 1:] for p in getattr(backbone, name).parameters()}
+
+
+class FeatureFedBackbone:
+    """The forward of an OpenMMLab ResNet (mmdet, mmseg, mmpose and mmpretrain's are the same: stem,
+    then each res layer, collecting the outputs at ``out_indices``) fed with the output of res layer
+    ``layer`` instead of pixels: the stem and the layers up to ``layer`` are skipped, the input is
+    that layer's output (returned itself where ``out_indices`` include ``layer``), the following
+    layers run as usual. ``install`` puts it in place of ``backbone.forward`` without changing the
+    module tree, so the state dict (and any checkpoint of the whole model) is unchanged."""
+
+    def __init__(self, backbone, layer: int = 0):
+        self.backbone, self.layer = backbone, layer
+
+    @classmethod
+    def install(cls, backbone, layer: int = 0) -> "FeatureFedBackbone":
+        fed = backbone.__dict__.get("forward")
+        if not isinstance(fed, cls):  # a shared reader model is installed once
+            fed = cls(backbone, layer)
+            backbone.forward = fed  # an instance attribute: nn.Module.__call__ runs it
+        return fed
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bb, x, outs = self.backbone, f, []
+        for i, name in enumerate(bb.res_layers):
+            if i > self.layer:
+                x = getattr(bb, name)(x)
+            if i >= self.layer and i in bb.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    __call__ = forward

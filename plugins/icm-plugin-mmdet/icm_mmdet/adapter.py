@@ -153,7 +153,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     def loss(self, decoded, batch):
         inputs = self._inputs(decoded)
-        samples = self._data_samples(batch, tuple(inputs.shape[-2:]), with_gt=True)
+        samples = self._data_samples(batch, self._image_hw(inputs), with_gt=True)
         with openmmlab.scope("mmdet"):
             losses = self._model.loss(inputs, samples)
         return sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items() if "loss" in k)
@@ -166,7 +166,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def _instances_forward(self, batch: Batch):
         with torch.no_grad(), openmmlab.scope("mmdet"):
             inputs = self._inputs(batch.images)
-            samples = self._data_samples(batch, tuple(inputs.shape[-2:]), with_gt=False)
+            samples = self._data_samples(batch, self._image_hw(inputs), with_gt=False)
             feats = self._model.extract_feat(inputs)
             if self.two_stage:
                 proposals = self._model.rpn_head.predict(feats, samples, rescale=False)

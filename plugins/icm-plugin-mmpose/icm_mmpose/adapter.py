@@ -150,18 +150,26 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return np.stack([cx - side / 2, cy - side / 2, side], 1).astype(np.float32)
 
     def _crop(self, x01: torch.Tensor, image_index: list[int], squares: np.ndarray) -> torch.Tensor:
-        """Differentiable crops (P, 3, S, S) of the [0, 1] images, normalised for the model."""
+        """Differentiable crops (P, 3, S, S) of the [0, 1] images, normalised for the model.
+
+        A feature reader crops the split tensor instead (stride r = ``input_stride``): (P, C, S/r, S/r)
+        crops of the same squares, not normalised. Cell v of the split tensor is centred on image pixel
+        r*v (ResNet stem: 7x7/2 conv and 3x3/2 max pool, centred); the squares are shifted by
+        (r/2 - 1/2) * (1 - side/S) so crop cell v lands where the pixel crop's stride-r cell v would."""
         from torchvision.ops import roi_align
 
-        size = self.input_size[0]
+        r = self.input_stride
+        size = self.input_size[0] // r
         rois = torch.zeros((len(squares), 5), dtype=x01.dtype, device=x01.device)
         if len(squares):
             sq = torch.as_tensor(squares, dtype=x01.dtype, device=x01.device)
             rois[:, 0] = torch.as_tensor(image_index, dtype=x01.dtype, device=x01.device)
             rois[:, 1:3] = sq[:, :2]
             rois[:, 3:5] = sq[:, :2] + sq[:, 2:3]
-        crops = roi_align(x01, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        return openmmlab.normalise(crops, self.cfg)
+            if r != 1:
+                rois[:, 1:5] += (r / 2 - 0.5) * (1 - sq[:, 2:3] / self.input_size[0])
+        crops = roi_align(x01, rois, output_size=(size, size), spatial_scale=1.0 / r, sampling_ratio=-1, aligned=True)
+        return crops if self.consumes == "features" else openmmlab.normalise(crops, self.cfg)
 
     def _to_crop(self, keypoints: np.ndarray, squares: np.ndarray) -> np.ndarray:
         """Image coordinates (P, K, 2) -> crop pixel coordinates."""
@@ -186,6 +194,12 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def _inputs(self, x):
         return x.to(self.device).float()
 
+    @property
+    def _mirrors(self) -> bool:
+        """Whether flip test and training flips apply: to pixels only. A mirrored split tensor is not
+        the split tensor of the mirrored image (the stem's kernels are not symmetric)."""
+        return self.consumes == "pixels"
+
     # -- TaskAdapter ---------------------------------------------------------------------------------
     def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
         """Normalised crops (P, 3, S, S) -> heatmaps (P, K, S/4, S/4)."""
@@ -201,11 +215,11 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
             with torch.no_grad():
                 crops = self._crop(x, index, squares)
                 heat = self.heatmaps(crops).float().cpu().numpy()
-                if self.flip_test:
+                if self.flip_test and self._mirrors:
                     flipped = self.heatmaps(crops.flip(-1)).float().cpu().numpy()[:, self._flip_index()]
             for p in range(len(squares)):
                 kp, sc = self.codec.decode(heat[p])
-                if self.flip_test:
+                if self.flip_test and self._mirrors:
                     kf, sf = self.codec.decode(flipped[p])
                     kf[..., 0] = self.input_size[0] - 1 - kf[..., 0]
                     kp, sc = (kp + kf) / 2, (sc + sf) / 2
@@ -235,12 +249,13 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
             kps += [np.array(a["keypoints"], np.float32).reshape(-1, 3) for a in anns]
         squares = np.concatenate(squares)
         if not kps:  # no figure in the batch: a zero loss that still has a graph
-            index, squares = [0], self._squares(np.array([[0, 0, x.shape[-1], x.shape[-2]]], np.float32))
+            h, w = batch.image_size if self.consumes == "features" else x.shape[-2:]
+            index, squares = [0], self._squares(np.array([[0, 0, w, h]], np.float32))
             kps = [np.zeros((self.num_keypoints, 3), np.float32)]
         kps = np.stack(kps)
         xy, visible = self._to_crop(kps[..., :2], squares), (kps[..., 2] > 0).astype(np.float32)
         crops = self._crop(x, index, squares)
-        if training:
+        if training and self._mirrors:
             flip = torch.rand(len(squares)) < 0.5
             if flip.any():
                 crops = torch.where(flip.view(-1, 1, 1, 1).to(crops.device), crops.flip(-1), crops)
@@ -283,9 +298,9 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def _model_input(self, x, boxes):
         x = self._inputs(x)
         if boxes is None:
-            if self.dense_scale != 1:
+            if self.dense_scale != 1:  # a feature reader upsamples the split tensor alike
                 x = F.interpolate(x, scale_factor=self.dense_scale, mode="bilinear", align_corners=False)
-            return openmmlab.normalise(x, self.cfg)
+            return x if self.consumes == "features" else openmmlab.normalise(x, self.cfg)
         index = [i for i, b in enumerate(boxes) for _ in range(len(np.asarray(b).reshape(-1, 4)))]
         squares = self._squares(np.concatenate([np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]))
         return self._crop(x, index, squares)

@@ -97,6 +97,10 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     # -- model stages ---------------------------------------------------------------------------------
     def _inputs(self, x):
+        """Normalised pixels; a feature reader's split tensor as it is (no padding either: the
+        classifier pools globally, and padding would change the average)."""
+        if self.consumes == "features":
+            return x.to(self.device)
         return openmmlab.normalise(x.to(self.device), self.cfg)
 
     def _stages(self, inputs) -> tuple[torch.Tensor, ...]:
@@ -128,11 +132,12 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     def loss(self, decoded, batch):
         """The head's own cross-entropy against the dataset labels; random horizontal flips (labels
-        are flip-invariant) while the model is in training mode."""
+        are flip-invariant) while the model is in training mode, of pixels only (a feature reader's
+        split tensor is not flipped: the flipped tensor is not the split tensor of the flipped image)."""
         from mmpretrain.structures import DataSample
 
         x = decoded.to(self.device)
-        if self._model.training:
+        if self._model.training and self.consumes == "pixels":  # a mirrored split tensor is not the mirror's
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         samples = [DataSample().set_gt_label(self.label_of(s)) for s in batch.samples]

@@ -95,7 +95,7 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
         out = []
         ph, pw = padded_hw
-        h, w = batch.images.shape[-2:]
+        h, w = batch.image_size  # the pixels' size (of the image a feature batch stands for)
         for s in batch.samples:
             ds = SegDataSample(metainfo=dict(img_id=s["id"], img_shape=(h, w), ori_shape=(s["height"], s["width"]),
                                              pad_shape=padded_hw, batch_input_shape=padded_hw))
@@ -129,17 +129,17 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def loss(self, decoded, batch):
         """mmseg's own decode-head loss (cross-entropy, 255 ignored) against the dataset's label maps."""
         inputs = self._inputs(decoded)
-        samples = self._data_samples(batch, tuple(inputs.shape[-2:]), with_gt=True)
+        samples = self._data_samples(batch, self._image_hw(inputs), with_gt=True)
         with openmmlab.scope("mmseg"):
             losses = self._model.loss(inputs, samples)
         return sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items() if "loss" in k)
 
     def predict(self, batch):
-        h, w = batch.images.shape[-2:]
+        h, w = batch.image_size
         with torch.no_grad():
             inputs = self._inputs(batch.images)
             logits = self._model.decode_head(self._model.extract_feat(inputs))
-            logits = F.interpolate(logits, size=inputs.shape[-2:], mode="bilinear",
+            logits = F.interpolate(logits, size=self._image_hw(inputs), mode="bilinear",
                                    align_corners=self._model.decode_head.align_corners)[..., :h, :w]
             preds = []
             for i, s in enumerate(batch.samples):
