@@ -362,7 +362,7 @@ class OpenMMLabAdapter:
 
 # The split tensors OpenMMLab ResNets can read: the output of res layer ``layer`` (0 = layer1) with
 # ``channels`` channels at ``stride`` image pixels per cell.
-FEATURE_SPLITS = {"resnet18w32.layer1+if": dict(layer=0, channels=32, stride=4)}
+FEATURE_SPLITS = {"resnet18w32.layer1": dict(layer=0, channels=32, stride=4)}
 
 
 def reads_split(backbone, spec: dict) -> bool:

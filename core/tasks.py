@@ -27,14 +27,15 @@ from icm.errors import UserError
 class Batch:
     images: torch.Tensor  # pixels (N, 3, H, W) in [0, 1]; for a feature-reading task the split tensors (N, C, h, w)
     samples: list[dict]
-    size: tuple[int, int] | None = None  # (H, W) of the pixels the batch stands for, when ``images`` holds features
+    size: tuple[int, int] | None = None  # feature batches: (H, W) of the images, before any padding
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """(H, W) of the images: of the pixels, or of the padded image a feature batch was computed from."""
+        """(H, W) of the images: the pixels' size, or a feature batch's ``size`` (the images' own size; the
+        codec computed the features from them padded, which the tensor's shape times its stride gives)."""
         return tuple(self.size) if self.size is not None else tuple(self.images.shape[-2:])
 
 

@@ -13,7 +13,7 @@ from conftest import assert_user_error, run_icm
 from icm.bitstream import FeatureInfo
 from icm.errors import BitstreamError, CodecUnavailable
 
-SPLIT = "resnet18w32.layer1+if"
+SPLIT = "resnet18w32.layer1"
 
 
 def _open(**options):

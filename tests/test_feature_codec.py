@@ -12,7 +12,7 @@ from icm.bitstream import Bitstream, FeatureInfo
 from icm.codecs import open_codec
 from icm.errors import BitstreamError
 
-SPLIT = "resnet18w32.layer1+if"
+SPLIT = "resnet18w32.layer1"
 
 
 @pytest.fixture(scope="module")

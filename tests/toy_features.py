@@ -22,7 +22,7 @@ class FeatureColour(PixelColour):
     name = "fcolour"
 
     def feature_reader(self, split, checkpoint=None, train=False):
-        if split != "resnet18w32.layer1+if":
+        if split != "resnet18w32.layer1":
             return None
         reader = ColourFromFeatures()
         reader.split = split

@@ -67,7 +67,7 @@ def icm_register_codecs(register):
                  unavailable_reason=_shipped_weights_missing(name, ["model.pth"]), description=description)
     register("icm-omni-features", Lazy("icm.codecs.omni_features:OmniFeaturesCodec"), kind="features",
              rate_control=OMNI_RATES, unavailable_reason=_shipped_weights_missing("icm-omni-features", ["model.pth"]),
-             description="Omni-ICM feature codec: codes ResNet-18 stride-4 features (split resnet18w32.layer1+if); "
+             description="Omni-ICM feature codec: codes ResNet-18 stride-4 features (split resnet18w32.layer1); "
                          "feature-reading tasks read them, a decoder gives pixels")
     from icm.codecs.anchors import HEVC
 

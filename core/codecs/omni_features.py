@@ -46,7 +46,7 @@ with warnings.catch_warnings():
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
 
-SPLIT = "resnet18w32.layer1+if"  # the head's layer1 output, as the IF module + compressor decode it
+SPLIT = "resnet18w32.layer1"  # the head's layer1 output, as the IF module + compressor decode it
 CHANNELS, FEATURE_STRIDE = 32, 4
 PAD_TO = 64  # z sits at 1/64 of the image
 MEAN = (123.675, 116.28, 103.53)  # the shipped task models' pixel statistics (RGB, 0..255)

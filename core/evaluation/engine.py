@@ -72,7 +72,9 @@ def image_key(image: np.ndarray) -> str:
 def model_key(adapter: TaskAdapter) -> str:
     from icm.codecs.learned import tensor_hash
 
-    return f"{adapter.name}-{tensor_hash(adapter.model.state_dict()).hex()}"
+    reads = "" if getattr(adapter, "consumes", "pixels") == "pixels" else f"-{adapter.consumes}@{adapter.split}"
+    # a feature reader with the pixel model's weights must not share the pixel model's cached predictions
+    return f"{adapter.name}{reads}-{tensor_hash(adapter.model.state_dict()).hex()}"
 
 
 # -- distributed ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from icm.plugins import get_plugins
 from icm.tasks import Batch
 from icm.testing import batch_of
 
-SPLIT = "resnet18w32.layer1+if"
+SPLIT = "resnet18w32.layer1"
 N = 6
 TASKS = ("det", "inst", "panoptic")
 

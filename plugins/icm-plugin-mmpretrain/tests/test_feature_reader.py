@@ -10,7 +10,7 @@ from icm.codecs import open_codec
 from icm.plugins import get_plugins
 from icm.tasks import Batch
 
-SPLIT = "resnet18w32.layer1+if"
+SPLIT = "resnet18w32.layer1"
 N = 8
 
 
