@@ -9,6 +9,9 @@ Everything a real adapter has is here, small enough to read in one go:
 - ``loss``      -> differentiable w.r.t. the decoded pixels (a soft edge map vs the true edges)
 - ``features``  -> the gradient magnitude at two scales; ``objectness`` -> soft edge maps per level
 - ``model``     -> the frozen network, whose ``state_dict`` keys icm's prediction cache
+- ``feature_reader`` -> the same task on a feature codec's decoded split tensor (docs/plugins/tutorial.md,
+  "Reading features"): a one-layer back end that maps the 32 features of ``resnet18w32.layer1`` to
+  edge logits at stride 4, trained with ``icm train`` (``backend = "edges"``), never shipped here
 """
 
 from __future__ import annotations
@@ -102,6 +105,13 @@ class EdgeAdapter(TaskAdapter):
     def objectness(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [torch.sigmoid((f - self.net.threshold) / TEMPERATURE) for f in self.features(x)]
 
+    def feature_reader(self, split, checkpoint=None, train=False):
+        if split != FEATURE_SPLIT or (checkpoint is None and not train):
+            return None  # no back end for this split (icm evaluate then gives this task decoded pixels)
+        reader = EdgesFromFeatures(self, checkpoint)
+        reader.bind(self.dataset)
+        return reader
+
     # -- ground truth --------------------------------------------------------------------------------
     def true_edges(self, sample: dict) -> np.ndarray:
         """The edge map of the original image file of ``sample`` (a dataset record)."""
@@ -110,6 +120,51 @@ class EdgeAdapter(TaskAdapter):
             image = load_image(key)
             x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(255)
             self._truth[key] = self.predict(Batch(x, [sample]))[0]["edges"]
+        return self._truth[key]
+
+
+FEATURE_SPLIT = "resnet18w32.layer1"  # 32 channels at stride 4 (icm-omni-features, hevc-features)
+
+
+class EdgesFromFeatures(EdgeAdapter):
+    """``edges`` reading features: a 1x1 convolution gives edge logits at stride 4, upsampled to the
+    image. ``batch.images`` holds the split tensors, ``batch.image_size`` the images' own size."""
+
+    consumes, split = "features", FEATURE_SPLIT
+
+    def __init__(self, pixels: EdgeAdapter, checkpoint=None):
+        TaskAdapter.__init__(self)
+        self.device, self._truth, self.pixel_net = pixels.device, pixels._truth, pixels.net
+        self.net = torch.nn.Conv2d(32, 1, 1).to(self.device)
+        if checkpoint is not None:
+            self.net.load_state_dict(_read_state_dict(checkpoint, self.net))
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        h, w = batch.image_size
+        up = F.interpolate(self.net(batch.images.to(self.device)), scale_factor=4, mode="bilinear")
+        return up[..., :h, :w]
+
+    def predict(self, batch: Batch) -> list[dict]:
+        with torch.no_grad():
+            edges = (self._logits(batch) > 0)[:, 0].cpu().numpy()
+        return [{"edges": e[: s["height"], : s["width"]].copy()} for e, s in zip(edges, batch.samples)]
+
+    def loss(self, decoded: torch.Tensor, batch: Batch) -> torch.Tensor:
+        target = torch.stack([torch.from_numpy(self.true_edges(s)) for s in batch.samples]).float()[:, None]
+        return F.binary_cross_entropy_with_logits(self._logits(Batch(decoded, batch.samples, batch.size)),
+                                                  target.to(decoded.device))
+
+    def features(self, x):
+        return [self.net(x)]
+
+    def objectness(self, x):
+        return [torch.sigmoid(self.net(x))]
+
+    def true_edges(self, sample: dict) -> np.ndarray:  # the ground truth comes from the pixel model
+        key = sample["file_name"]
+        if key not in self._truth:
+            image = torch.from_numpy(load_image(key).copy()).permute(2, 0, 1)[None].float().div(255)
+            self._truth[key] = (self.pixel_net(image.to(self.device)) > self.pixel_net.threshold)[0, 0].cpu().numpy()
         return self._truth[key]
 
 
@@ -161,7 +216,7 @@ def _read_config(config) -> dict:
     return data
 
 
-def _read_state_dict(checkpoint, net: Sobel) -> dict:
+def _read_state_dict(checkpoint, net: torch.nn.Module) -> dict:
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"edges checkpoint {path}: no such file")
@@ -170,5 +225,5 @@ def _read_state_dict(checkpoint, net: Sobel) -> dict:
     except Exception as exc:
         raise UserError(f"edges checkpoint {path}: cannot load ({type(exc).__name__})") from None
     if not isinstance(state, dict) or set(state) != set(net.state_dict()):
-        raise UserError(f"edges checkpoint {path}: not a state dict of the Sobel model")
+        raise UserError(f"edges checkpoint {path}: not a state dict of the {type(net).__name__} model")
     return state

@@ -131,3 +131,26 @@ def test_icm_evaluate_picks_the_task_up(plugins, icm_cli, tmp_path):
     assert metrics["original@none"]["edge_f1"] == 1.0
     assert metrics["jpeg@quality=20"]["edge_f1"] < metrics["jpeg@quality=80"]["edge_f1"] <= 1.0
     assert results["counters"]["encodes"] == 4 and results["tasks"]["edges"]["primary"] == "edge_f1"
+
+
+def test_a_feature_reader_predicts_edges_from_a_split_tensor(adapter, icm_image, tmp_path):
+    assert adapter.feature_reader("resnet50.layer2", train=True) is None  # a split it cannot read
+    assert adapter.feature_reader("resnet18w32.layer1") is None  # no back end weights: decoded pixels instead
+    reader = adapter.feature_reader("resnet18w32.layer1", train=True)
+    assert reader.consumes == "features" and reader.split == "resnet18w32.layer1"
+    h, w = icm_image.shape[:2]
+    feats = torch.randn(1, 32, -(-h // 4), -(-w // 4), requires_grad=True)
+    batch = Batch(feats, [adapter.dataset.images[0]], size=(h, w))
+    [pred] = reader.predict(batch)
+    assert pred["edges"].shape == (h, w) and pred["edges"].dtype == bool
+    ev = reader.evaluator()
+    ev.process([pred], batch.samples)
+    assert 0.0 <= ev.compute()["edge_f1"] <= 1.0
+    loss = reader.loss(feats, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and feats.grad.abs().sum() > 0 and reader.net.weight.grad is not None
+    # trained weights come back through feature_reader(checkpoint=...)
+    path = tmp_path / "edges_backend.pth"
+    torch.save(reader.net.state_dict(), path)
+    again = adapter.feature_reader("resnet18w32.layer1", checkpoint=str(path))
+    assert np.array_equal(again.predict(batch)[0]["edges"], pred["edges"])
