@@ -274,6 +274,7 @@ class OpenMMLabAdapter:
         from icm.paths import package_file
 
         super().__init__()
+        self._shipped_model = config is None and checkpoint is None  # only its back ends fit feature_backends
         if config is None:
             config = package_file(self._package(), self.default_config)
             checkpoint = checkpoint or (None if train else str(package_file(self._package(), self.default_weights)))
@@ -334,7 +335,7 @@ class OpenMMLabAdapter:
         spec = FEATURE_SPLITS.get(split)
         if spec is None or not reads_split(getattr(self._model, "backbone", None), spec):
             return None
-        if checkpoint is None and split in self.feature_backends:
+        if checkpoint is None and split in self.feature_backends and self._shipped_model:
             from icm.paths import package_file
 
             checkpoint = str(package_file(self._package(), self.feature_backends[split]))

@@ -355,38 +355,23 @@ class ICMNet(CompressionModel):
         return x_main + (1 - beta) * r
 
 
-class ICMCodec(Codec):
-    """ICMNet as an icm codec: continuous ``rate`` 0..1 stored in the container as ``{"rate": a}``.
+class ShippedWeights:
+    """Weights of icm's own continuous-rate codecs: ``checkpoint`` (a state dict), else the shipped
+    configs/codecs/<name>/model.pth; ``weights="random"`` for seeded untrained weights. Also sets the
+    name, version (the CompressAI minor version: its entropy coder), device and rate control."""
 
-    ``aux=True`` adds the ``aux`` stream when encoding; decoding uses it only when ``decode_beta < 1``
-    (``beta`` option, default 1: the task-oriented image). Dropping ``aux`` from a file
-    (``Bitstream.to_bytes(["main", "hyper"])``) leaves a valid task-only file. Weights: ``checkpoint``,
-    else configs/codecs/<name>/model.pth; ``weights="random"`` gives seeded untrained weights (with
-    the aux branch, so the weights hash does not depend on ``aux``).
-    """
-
-    kind = "learned"
-
-    def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
-                 aux: bool = False, name: str = "icm-omni", beta: float = 1.0):
+    def _init_weights(self, name: str, checkpoint: str | None, weights: str, device: str | None) -> None:
         if weights not in ("pretrained", "random"):
             raise UserError(f"weights must be 'pretrained' or 'random', not {weights!r}")
         if weights == "random" and checkpoint:
             raise UserError("--weights random and --checkpoint contradict each other; give one")
-        if not 0.0 <= float(beta) <= 1.0:
-            raise UserError(f"beta {beta} out of range (0..1)")
-        self.name = name
+        self.name, self.weights = name, weights
         self.version = "1-cai" + ".".join(compressai.__version__.split(".")[:2])
-        self.weights, self.aux, self.decode_beta = weights, bool(aux), float(beta)
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.device = torch.device(device) if device else default_device()
         self.rate_control = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
-        self.description = ("icm's variable-rate ICM codec (mean-scale hyperprior, gain units"
-                            + (", aux residual stream)" if aux else ")"))
-        self._net: ICMNet | None = None
         self._hash = b""
 
-    # -- weights -------------------------------------------------------------------------------------
     def weights_file(self) -> Path | None:
         if self.weights == "random":
             return None
@@ -404,6 +389,29 @@ class ICMCodec(Codec):
             return f"checkpoint {path}: no such file"
         return (f"no weights at {path} (reinstall icm to get the shipped ones), or pass --checkpoint FILE, "
                 f"or --weights random for untrained weights")
+
+
+class ICMCodec(ShippedWeights, Codec):
+    """ICMNet as an icm codec: continuous ``rate`` 0..1 stored in the container as ``{"rate": a}``.
+
+    ``aux=True`` adds the ``aux`` stream when encoding; decoding uses it only when ``decode_beta < 1``
+    (``beta`` option, default 1: the task-oriented image). Dropping ``aux`` from a file
+    (``Bitstream.to_bytes(["main", "hyper"])``) leaves a valid task-only file. Weights: ``checkpoint``,
+    else configs/codecs/<name>/model.pth; ``weights="random"`` gives seeded untrained weights (with
+    the aux branch, so the weights hash does not depend on ``aux``).
+    """
+
+    kind = "learned"
+
+    def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
+                 aux: bool = False, name: str = "icm-omni", beta: float = 1.0):
+        if not 0.0 <= float(beta) <= 1.0:
+            raise UserError(f"beta {beta} out of range (0..1)")
+        self._init_weights(name, checkpoint, weights, device)
+        self.aux, self.decode_beta = bool(aux), float(beta)
+        self.description = ("icm's variable-rate ICM codec (mean-scale hyperprior, gain units"
+                            + (", aux residual stream)" if aux else ")"))
+        self._net: ICMNet | None = None
 
     @property
     def net(self) -> ICMNet:

@@ -26,22 +26,19 @@ How far this is scaled down from the paper, and why: docs/feature_coding.md.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from icm.codecs import RateControl, entropy_guard
+from icm.codecs import entropy_guard
 from icm.codecs.features import FeatureCodec
-from icm.codecs.icm_codec import GainUnit, ICMNet
-from icm.codecs.learned import default_device, load_checkpoint, tensor_hash, to_images, to_tensors
+from icm.codecs.icm_codec import GainUnit, ICMNet, ShippedWeights
+from icm.codecs.learned import load_checkpoint, tensor_hash, to_images, to_tensors
 from icm.errors import BitstreamError, UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
-    import compressai
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
@@ -207,7 +204,7 @@ def load_head_from_task_model(net: OmniFeaturesNet, state: dict) -> None:
     net.head.load_state_dict(head)
 
 
-class OmniFeaturesCodec(FeatureCodec):
+class OmniFeaturesCodec(ShippedWeights, FeatureCodec):
     """The feature codec: continuous ``rate`` 0..1 as icm-omni's; weights from ``checkpoint``, else
     configs/codecs/<name>/model.pth; ``weights="random"``: seeded untrained weights with the shipped
     det model's head (what training starts from)."""
@@ -217,37 +214,9 @@ class OmniFeaturesCodec(FeatureCodec):
 
     def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
                  name: str = "icm-omni-features"):
-        if weights not in ("pretrained", "random"):
-            raise UserError(f"weights must be 'pretrained' or 'random', not {weights!r}")
-        if weights == "random" and checkpoint:
-            raise UserError("--weights random and --checkpoint contradict each other; give one")
-        self.name = name
-        self.version = "1-cai" + ".".join(compressai.__version__.split(".")[:2])
-        self.weights = weights
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.device = torch.device(device) if device else default_device()
-        self.rate_control = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
+        self._init_weights(name, checkpoint, weights, device)
         self.description = "Omni-ICM feature codec: ResNet-18 head + IF module + hyperprior (features, stride 4)"
         self._net: OmniFeaturesNet | None = None
-        self._hash = b""
-
-    # -- weights -------------------------------------------------------------------------------------
-    def weights_file(self) -> Path | None:
-        if self.weights == "random":
-            return None
-        if self.checkpoint is not None:
-            return self.checkpoint
-        from icm.paths import configs_dir
-
-        return configs_dir() / "codecs" / self.name / "model.pth"
-
-    def unavailable_reason(self) -> str | None:
-        path = self.weights_file()
-        if path is None or path.is_file():
-            return None
-        if self.checkpoint is not None:
-            return f"checkpoint {path}: no such file"
-        return f"no weights at {path} (reinstall icm, or pass --checkpoint FILE, or --weights random)"
 
     @property
     def net(self) -> OmniFeaturesNet:
