@@ -29,6 +29,8 @@ DEFAULT_WEIGHTS = "model/panoptic_fpn_r18_tiny_shapes.pth"
 class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     description = ""
     library, default_config, default_weights = "mmdet", DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
+    feature_backends = {"resnet18w32.layer1": "model/panoptic_fpn_r18_tiny_shapes.features.pth"}
 
     def bind(self, dataset):
         for cached in ("_coco", "dataset_classes", "label_map"):  # annotations of the previous dataset

@@ -42,6 +42,8 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     name, primary_metric, metrics = "pose", "AP", ("AP", "AP50", "AP75", "AR")
     description = "top-down keypoints on ground-truth boxes (mmpose SimpleBaseline), COCO keypoint AP"
     library, default_config, default_weights = "mmpose", DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
+    feature_backends = {"resnet18w32.layer1": "model/simplebaseline_r18_tiny_shapes_pose.features.pth"}
     box_padding = 1.25  # mmpose's GetBBoxCenterScale padding
     dense_scale = 2.0  # features/objectness without boxes: upsample the image to the crops' typical scale
     pseudo_score_thr = 0.3  # pseudo ground truth: keypoints scored above this count as labelled (v=2)

@@ -31,6 +31,8 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     name, primary_metric, metrics = "cls", "top1", ("top1", "top5")
     description = "image classification (mmpretrain), top-1 / top-5 accuracy"
     library, default_config, default_weights = "mmpretrain", DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
+    feature_backends = {"resnet18w32.layer1": "model/resnet18_tiny_shapes_cls.features.pth"}
 
     def __init__(self, config=None, checkpoint=None, device=None, train=False):
         super().__init__(config, checkpoint, device, train)

@@ -23,6 +23,8 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     name, primary_metric, metrics = "seg", "mIoU", ("mIoU", "aAcc", "mAcc")
     description = "semantic segmentation (mmseg), mIoU"
     library, default_config, default_weights = "mmseg", DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
+    feature_backends = {"resnet18w32.layer1": "model/fpn_r18_tiny_shapes_seg.features.pth"}
 
     @property
     def num_classes(self) -> int:
