@@ -335,7 +335,8 @@ class OpenMMLabAdapter:
         spec = FEATURE_SPLITS.get(split)
         if spec is None or not reads_split(getattr(self._model, "backbone", None), spec):
             return None
-        if checkpoint is None and split in self.feature_backends and self._shipped_model:
+        # train=True without a checkpoint starts from the pixel model, as the shipped back end did
+        if checkpoint is None and not train and split in self.feature_backends and self._shipped_model:
             from icm.paths import package_file
 
             checkpoint = str(package_file(self._package(), self.feature_backends[split]))

@@ -111,7 +111,8 @@ class TaskAdapter(ABC):
         :class:`Batch` of split tensors (``images``) and the image size (``size``). Its network is the
         back end: the rest of the task network from the split point on, with ``checkpoint``'s weights,
         else the back end the plugin ships for that split. ``train=True`` gives a trainable copy to
-        fine-tune, starting from those weights or, without any, from the pixel model's own. None when
+        fine-tune, starting from ``checkpoint`` or, without one, from the pixel model's own weights
+        (where the shipped back end started: a re-run reproduces it). None when
         the task has no back end for that split: ``icm evaluate`` then gives it the feature codec's
         decoded pixels. See docs/plugins/tutorial.md."""
         return None
