@@ -13,6 +13,7 @@ import torch
 from icm.codecs import open_codec
 from icm.paths import package_file
 from icm.plugins import get_plugins
+from icm.paths import package_file
 from icm.tasks import Batch
 from icm.testing import batch_of
 
@@ -124,4 +125,9 @@ def test_unknown_split_or_no_weights_gives_no_reader(adapters):
     for a in adapters.values():
         assert a.feature_reader("resnet50.layer3") is None
         assert a.feature_reader("resnet50.layer3", train=True) is None
-        assert a.feature_reader(SPLIT) is None  # no checkpoint, no shipped back end, not for training
+        shipped = a.feature_reader(SPLIT)  # the back end the plugin ships (feature_backends)
+        assert shipped.consumes == "features" and shipped.split == SPLIT and shipped.model is not a.model
+        # a user's own model (any config or checkpoint given): no shipped back end fits it, no reader
+        own = type(a)(config=a._config_source, checkpoint=str(package_file(a._package(), a.default_weights)),
+                          device="cpu")
+        assert own.feature_reader(SPLIT) is None

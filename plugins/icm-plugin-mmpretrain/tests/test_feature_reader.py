@@ -8,6 +8,7 @@ import torch
 
 from icm.codecs import open_codec
 from icm.plugins import get_plugins
+from icm.paths import package_file
 from icm.tasks import Batch
 
 SPLIT = "resnet18w32.layer1"
@@ -79,7 +80,12 @@ def test_features_and_objectness_of_the_split_tensor(reader, features):
 def test_unknown_split_or_no_weights_gives_no_reader(adapter):
     assert adapter.feature_reader("resnet50.layer3") is None
     assert adapter.feature_reader("resnet50.layer3", train=True) is None
-    assert adapter.feature_reader(SPLIT) is None  # no checkpoint, no shipped back end, not for training
+    shipped = adapter.feature_reader(SPLIT)  # the back end the plugin ships (feature_backends)
+    assert shipped.consumes == "features" and shipped.split == SPLIT and shipped.model is not adapter.model
+    # a user's own model (any config or checkpoint given): no shipped back end fits it, no reader
+    own = type(adapter)(config=adapter._config_source, checkpoint=str(package_file(adapter._package(), adapter.default_weights)),
+                      device="cpu")
+    assert own.feature_reader(SPLIT) is None
 
 
 def test_a_saved_back_end_and_a_shipped_one_load_as_frozen_readers(adapter, reader, features, tmp_path, monkeypatch):

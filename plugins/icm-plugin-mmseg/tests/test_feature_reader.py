@@ -8,6 +8,7 @@ import torch
 
 from icm.codecs import open_codec
 from icm.plugins import get_plugins
+from icm.paths import package_file
 from icm.tasks import Batch
 
 SPLIT = "resnet18w32.layer1"
@@ -88,4 +89,9 @@ def test_loss_reaches_the_features_and_the_back_end(reader, features):
 def test_unknown_split_or_no_weights_gives_no_reader(adapter):
     assert adapter.feature_reader("resnet50.layer3") is None
     assert adapter.feature_reader("resnet50.layer3", train=True) is None
-    assert adapter.feature_reader(SPLIT) is None  # no checkpoint, no shipped back end, not for training
+    shipped = adapter.feature_reader(SPLIT)  # the back end the plugin ships (feature_backends)
+    assert shipped.consumes == "features" and shipped.split == SPLIT and shipped.model is not adapter.model
+    # a user's own model (any config or checkpoint given): no shipped back end fits it, no reader
+    own = type(adapter)(config=adapter._config_source, checkpoint=str(package_file(adapter._package(), adapter.default_weights)),
+                      device="cpu")
+    assert own.feature_reader(SPLIT) is None
