@@ -131,14 +131,7 @@ class ICMNet(CompressionModel):
         self.g_s = nn.ModuleList([nn.Sequential(deconv(M, N), GDN(N, inverse=True)),
                                   nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
                                   deconv(N, 3)])
-        self.h_a = nn.Sequential(conv(M, Nh, 3, 1), nn.LeakyReLU(inplace=True), conv(Nh, Nh),
-                                 nn.LeakyReLU(inplace=True), conv(Nh, Nh))
-        self.h_s = nn.Sequential(deconv(Nh, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2),
-                                 nn.LeakyReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))
-        self.gain_y = GainUnit(num_gains, M)
-        self.gain_z = GainUnit(num_gains, Nh)
-        self.entropy_bottleneck = EntropyBottleneck(Nh)
-        self.gaussian_conditional = GaussianConditional(None)
+        self._add_hyperprior(M, Nh, num_gains)
         self.aux = aux
         if aux:
             A, L = aux_channels, aux_latent
@@ -151,6 +144,18 @@ class ICMNet(CompressionModel):
             self.aux_r = ResidualNet(M, N, res_channels)
 
     # -- construction --------------------------------------------------------------------------------
+    def _add_hyperprior(self, M: int, Nh: int, num_gains: int) -> None:
+        """The mean-scale hyperprior over an M-channel latent (z: Nh channels, two stride-2 steps down)
+        and the gain units of y and z; shared with the feature compressor of icm-omni-features."""
+        self.h_a = nn.Sequential(conv(M, Nh, 3, 1), nn.LeakyReLU(inplace=True), conv(Nh, Nh),
+                                 nn.LeakyReLU(inplace=True), conv(Nh, Nh))
+        self.h_s = nn.Sequential(deconv(Nh, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2),
+                                 nn.LeakyReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))
+        self.gain_y = GainUnit(num_gains, M)
+        self.gain_z = GainUnit(num_gains, Nh)
+        self.entropy_bottleneck = EntropyBottleneck(Nh)
+        self.gaussian_conditional = GaussianConditional(None)
+
     @classmethod
     def from_state_dict(cls, state: dict, **kwargs) -> "ICMNet":
         """Build the architecture a state dict describes (widths read from its shapes) and load it.

@@ -33,13 +33,12 @@ import torch.nn.functional as F
 
 from icm.codecs import entropy_guard
 from icm.codecs.features import FeatureCodec
-from icm.codecs.icm_codec import GainUnit, ICMNet, ShippedWeights
+from icm.codecs.icm_codec import ICMNet, ShippedWeights
 from icm.codecs.learned import load_checkpoint, tensor_hash, to_images, to_tensors
 from icm.errors import BitstreamError, UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
-    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
 
@@ -115,14 +114,7 @@ class FeatureCompressor(ICMNet):
         self.train_quant, self.aux = train_quant, False
         self.g_a = nn.Sequential(conv(channels, N), nn.LeakyReLU(inplace=True), res_blocks(N, res_blocks_n), conv(N, M))
         self.g_s = nn.Sequential(deconv(M, N), nn.LeakyReLU(inplace=True), res_blocks(N, res_blocks_n), deconv(N, channels))
-        self.h_a = nn.Sequential(conv(M, Nh, 3, 1), nn.LeakyReLU(inplace=True), conv(Nh, Nh),
-                                 nn.LeakyReLU(inplace=True), conv(Nh, Nh))
-        self.h_s = nn.Sequential(deconv(Nh, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2),
-                                 nn.LeakyReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))
-        self.gain_y = GainUnit(num_gains, M)
-        self.gain_z = GainUnit(num_gains, Nh)
-        self.entropy_bottleneck = EntropyBottleneck(Nh)
-        self.gaussian_conditional = GaussianConditional(None)
+        self._add_hyperprior(M, Nh, num_gains)
 
     def _decode(self, y_hat):
         return self.g_s(y_hat), []
