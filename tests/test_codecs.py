@@ -168,3 +168,15 @@ def test_zoo_file_found_in_a_checkpoint_folder(tmp_path, natural_images):
     assert from_dir.weights_hash({"quality": 1}) == codec.weights_hash({"quality": 1})
     with pytest.raises(UserError, match="has no bmshj2018-factorized-prior-2"):
         from_dir.model(2)
+
+
+def test_an_icm_ffmpeg_that_is_no_executable_makes_the_ffmpeg_codecs_unavailable(tmp_path):
+    import json
+
+    from conftest import run_icm
+
+    proc = run_icm("codecs", "--json", env={"ICM_FFMPEG": str(tmp_path / "no-such-ffmpeg")})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    rows = {c["name"]: c for c in json.loads(proc.stdout)}
+    for name in ("hevc", "hevc-features"):
+        assert not rows[name]["available"] and "ICM_FFMPEG" in rows[name]["unavailable_reason"], rows[name]

@@ -148,8 +148,10 @@ class HEIF(PillowAnchor):
 @lru_cache(maxsize=1)
 def ffmpeg_exe() -> str | None:
     """ICM_FFMPEG, else the static ffmpeg that imageio-ffmpeg ships (it has libx265 and libvvenc), else PATH."""
-    if os.environ.get("ICM_FFMPEG"):
-        return os.environ["ICM_FFMPEG"]
+    if os.environ.get("ICM_FFMPEG"):  # a path that is not an executable file means: no ffmpeg
+        path = os.environ["ICM_FFMPEG"]
+        found = shutil.which(path)
+        return found if found and os.access(found, os.X_OK) else None
     try:
         import imageio_ffmpeg
 
@@ -208,6 +210,8 @@ class FFmpegAnchor(Anchor):
 
     def unavailable_reason(self):
         if not ffmpeg_exe():
+            if os.environ.get("ICM_FFMPEG"):
+                return f"ICM_FFMPEG={os.environ['ICM_FFMPEG']} is not an executable"
             return "no ffmpeg found (pip install imageio-ffmpeg, or set ICM_FFMPEG)"
         for kind, n in (("encoders", self.encoder), ("decoders", self.decoder)):
             if not ffmpeg_has(kind, n):
