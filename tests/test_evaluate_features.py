@@ -70,3 +70,45 @@ def test_without_an_image_decoder_a_pixel_task_is_skipped_once(feature_tasks, ti
     assert "toy-blind-features@rate=0.5" not in results["metrics"]["pcolour"]
     [point] = [r for r in results["points"] if r["codec"] == "toy-blind-features"]
     assert point["psnr"] is None and point["bpp"] > 0
+
+
+# -- icm train backend = TASK ---------------------------------------------------------------------------
+def _backend_config(data, out, **extra):
+    from icm.training.config import parse_config
+
+    return parse_config({"codec": {"name": "icm-omni-features", "options": {"weights": "random"}, "rates": [0.0, 1.0],
+                                   "rate_sampling": "uniform", "per_sample_rates": True, "val_rates": [0.5]},
+                         "backend": "fcolour", "losses": {"task:fcolour": 1.0}, "dataset": str(data), "epochs": 1,
+                         "steps_per_epoch": 3, "batch_size": 2, "eval_batch_size": 2, "lr": 1e-2, "out": str(out),
+                         "export": str(out / "backend.pth"), **extra})
+
+
+def test_backend_training_moves_the_back_end_and_never_the_codec(feature_tasks, tiny_shapes, tmp_path):
+    from icm.training.loop import Run
+
+    run = Run(_backend_config(tiny_shapes, tmp_path), progress=False)
+    codec_before = {k: v.clone() for k, v in run.trainable.codec.net.state_dict().items()}
+    head_before = {k: v.clone() for k, v in run.trainable.net.state_dict().items()}
+    summary = run.run()
+    (entry,) = summary["history"]
+    assert entry["steps"] == 3 and entry["losses"]["task:fcolour"] > 0
+    assert [r["rate_key"] for r in entry["val"]] == ["rate=0.5"]  # the reader scored on decoded features
+    assert all(torch.equal(v, codec_before[k]) for k, v in run.trainable.codec.net.state_dict().items())
+    exported = torch.load(tmp_path / "backend.pth", weights_only=True)
+    assert set(exported) == set(head_before)  # the back end's weights, nothing of the codec
+    assert any(not torch.equal(exported[k].float(), head_before[k]) for k in exported)
+
+
+def test_backend_config_errors_are_one_line(feature_tasks, tiny_shapes, tmp_path):
+    from icm.errors import UserError
+    from icm.training.loop import Run
+
+    with pytest.raises(UserError, match="not a task of this run"):
+        _backend_config(tiny_shapes, tmp_path, backend="pcolour")
+    with pytest.raises(UserError, match="whole images"):
+        _backend_config(tiny_shapes, tmp_path, crop=32)
+    with pytest.raises(UserError, match="cannot read features"):  # a task without a feature reader
+        Run(_backend_config(tiny_shapes, tmp_path, backend="pcolour", losses={"task:pcolour": 1.0}), progress=False)
+    with pytest.raises(UserError, match="not a trainable feature codec"):
+        Run(_backend_config(tiny_shapes, tmp_path, codec={"name": "icm-omni", "options": {"weights": "random"},
+                                                           "rates": [0.0, 1.0]}), progress=False)

@@ -30,14 +30,34 @@ class FeatureColour(PixelColour):
 
 
 class ColourFromFeatures(FeatureColour):
-    """Predicts a 'mean colour' from the features' first three channels (a stand-in for a back end)."""
+    """Predicts the mean colour from the features through a 1x1 convolution (32 -> 3), a stand-in
+    for a back end; ``loss`` is its error against the images' true mean colour, so it can train."""
 
     consumes = "features"
 
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.head = torch.nn.Conv2d(32, 3, 1)
+
+    @property
+    def model(self):
+        return self.head
+
+    def _colours(self, features):
+        return self.head(features).mean(dim=(2, 3))
+
     def predict(self, batch):
         SEEN.append((self.name, self.consumes, tuple(batch.images.shape), batch.image_size))
-        means = batch.images[:, :3].mean(dim=(2, 3))
-        return [{"mean": m} for m in (means * 255).clamp(0, 255).numpy()]
+        with torch.no_grad():
+            return [{"mean": m} for m in (self._colours(batch.images) * 255).clamp(0, 255).numpy()]
+
+    def loss(self, decoded, batch):
+        from icm.images import load_image
+
+        truth = torch.tensor([load_image(s["file_name"]).reshape(-1, 3).mean(0) / 255 for s in batch.samples])
+        return ((self._colours(decoded) - truth.float()) ** 2).mean()
 
 
 def _blind_codec(**options):
