@@ -13,7 +13,7 @@ from icm.codecs import open_codec
 from icm.datasets import load_dataset
 from icm.images import load_image
 
-SHIPPED = ["icm-omni", "icm-omni-mse", "icm-omni-aux", "icm-hyperprior-mse"]
+SHIPPED = ["icm-omni", "icm-omni-mse", "icm-omni-aux", "icm-hyperprior-mse", "icm-omni-features"]
 RANS_FRAMING = 8 + 3  # bytes per stream: CompressAI's rANS flushes its 64-bit state, and writes whole 32-bit words
 
 
