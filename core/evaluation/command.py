@@ -9,7 +9,7 @@ from icm.evaluation.config import (DEFAULT_ANCHORS, CodecSpec, Experiment, add_a
                                    parse_rates, parse_task)
 
 GRID = [1.0, 0.75, 0.5, 0.25]
-DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse")  # the shipped learned codecs, used when their weights exist
+DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse", "icm-omni-features")  # the shipped learned codecs, used when their weights exist
 
 
 @click.command()
