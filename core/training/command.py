@@ -18,6 +18,7 @@ def train(configs, out, epochs, resume, no_reevaluate, no_progress):
     then re-evaluate the Pareto-front checkpoints with real bitstreams. Works under torchrun.
 
     Several CONFIGs run in order, as a chain: a config's `init` may name an earlier one's `out`."""
+    import os
     import sys
 
     from icm.errors import UserError
@@ -35,7 +36,7 @@ def train(configs, out, epochs, resume, no_reevaluate, no_progress):
             cfg.epochs = epochs
         if no_reevaluate:
             cfg.reevaluate = False
-        if len(cfgs) > 1:
+        if len(cfgs) > 1 and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
             click.echo(f"== {config} -> {cfg.out}")
         try:
             summary = run(cfg, resume=resume, progress=not no_progress)
@@ -44,6 +45,9 @@ def train(configs, out, epochs, resume, no_reevaluate, no_progress):
             sys.exit(1)
         if summary is not None:  # rank 0
             _report(summary)
+    from icm.training.loop import teardown_process_group
+
+    teardown_process_group()
 
 
 def _report(summary: dict) -> None:

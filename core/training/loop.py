@@ -395,4 +395,19 @@ def _summary_line(entry: dict) -> str:
 
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, on_epoch_end=None) -> dict | None:
     """Train (or resume) the run described by ``cfg``; returns a summary on rank 0, None elsewhere."""
-    return Run(cfg, resume=resume, progress=progress, on_epoch_end=on_epoch_end).run()
+    run = Run(cfg, resume=resume, progress=progress, on_epoch_end=on_epoch_end)
+    summary = run.run()
+    if run.world > 1:  # only on success: a failed rank never reaches a barrier, and its peers are stopped
+        # every rank leaves together: rank 1 used to return (and exit, tearing its gloo pairs down) while
+        # rank 0 was still writing, and a CI run saw a rank die of SIGABRT in gloo's threads. The group
+        # stays up for a chain's next run (re-initialising it under torchrun hangs); `icm train` tears it
+        # down after the last one (teardown_process_group).
+        torch.distributed.barrier()
+    return summary
+
+
+def teardown_process_group() -> None:
+    """End of a torchrun job: every rank reaches this, then the group is destroyed in order."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
