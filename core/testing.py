@@ -99,6 +99,17 @@ class ShapesVal:
         self._pixels += [load_image(r["file_name"]) for r in self.images[len(self._pixels):n]]
         return np.stack(self._pixels[:n])
 
+    def features(self, n: int, codec: str = "icm-omni-features", **options):
+        """A Batch of the split tensors of the first ``n`` images, as ``icm evaluate`` hands them to a
+        feature reader: ``images`` the (n, C, h, w) tensors of ``codec`` (default: icm-omni-features with
+        seeded weights), ``size`` the images' size."""
+        from icm.codecs import open_codec
+        from icm.tasks import Batch
+
+        feature_codec = open_codec(codec, **(options or {"weights": "random"}))
+        pixels = self.pixels(n)
+        return Batch(feature_codec.image_features(list(pixels)), self.images[:n], size=tuple(pixels.shape[1:3]))
+
 
 @pytest.fixture(scope="session")
 def icm_shapes_val():

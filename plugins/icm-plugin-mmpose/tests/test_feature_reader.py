@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from icm.codecs import open_codec
 from icm.plugins import get_plugins
 from icm.paths import package_file
 from icm.tasks import Batch
@@ -34,8 +33,7 @@ def reader(adapter):
 
 @pytest.fixture(scope="module")
 def features(icm_shapes_val):
-    codec = open_codec("icm-omni-features", weights="random")
-    return Batch(codec.image_features(list(icm_shapes_val.pixels(N))), icm_shapes_val.images[:N], size=(128, 128))
+    return icm_shapes_val.features(N)
 
 
 def test_reader_is_a_new_trainable_pose_adapter(adapter, reader, val):

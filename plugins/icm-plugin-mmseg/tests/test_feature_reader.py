@@ -37,8 +37,8 @@ def codec():
 
 
 @pytest.fixture(scope="module")
-def features(codec, icm_shapes_val):
-    return Batch(codec.image_features(list(icm_shapes_val.pixels(N))), icm_shapes_val.images[:N], size=(128, 128))
+def features(icm_shapes_val):
+    return icm_shapes_val.features(N)
 
 
 def test_reader_is_a_new_trainable_seg_adapter(adapter, reader, val):
