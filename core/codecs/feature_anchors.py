@@ -1,11 +1,11 @@
 """``hevc-features``: the conventional anchor for feature coding, in the manner of MPEG FCM's
 common test conditions: the split tensor is packed into one picture and coded with a video codec.
 
-* Features: the split tensor ``h`` of icm-omni-features' encoder side (ResNet-18/32 head + IF module,
+* Features: the split tensor ``f`` of icm-omni-features' backbone head (ResNet-18/32 stem + layer1,
   32 channels at stride 4), so both feature codecs code the same tensor and a feature-reading task
-  reads either file. Only the encoder side is used; the weights hash is that side's hash, so a file
-  made with other encoder weights is refused while retraining icm-omni-features' compressor is not
-  a reason to.
+  reads either file. Only the head is used; the weights hash is the head's hash, so a file made with
+  another head is refused while retraining icm-omni-features' IF module or compressor is not a
+  reason to.
 * Packing: the C channels are tiled into one monochrome frame, a near-square grid (32 channels -> 8
   columns x 4 rows of h x w tiles, channel c at row c // cols, column c % cols), unused tiles mid-grey.
 * Normalisation: one global min and max over the tensor map it linearly onto 0..1023 (10 bits); the
@@ -149,7 +149,7 @@ class HEVCFeatures(FeatureCodec):
         return None
 
     def weights_hash(self, rate: dict) -> bytes:
-        """The hash of the encoder side (head + IF module) alone: the only weights this codec uses."""
+        """The hash of icm-omni-features' backbone head alone: the only weights this codec uses."""
         if self._hash is None:
             self.require_available()
             self._hash = self.omni.encoder_hash()
