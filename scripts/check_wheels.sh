@@ -107,7 +107,7 @@ EOF
 import json
 codecs = {c["name"]: c for c in json.load(open("codecs.json"))}
 want = ["jpeg", "webp", "avif", "jpegxl", "jpeg2000", "heif", "hevc", "icm-omni", "icm-omni-aux", "icm-omni-mse",
-        "icm-hyperprior-mse", "bmshj2018-hyperprior"]
+        "icm-hyperprior-mse", "bmshj2018-hyperprior", "icm-omni-features", "hevc-features"]
 bad = {n: codecs.get(n, {}).get("unavailable_reason", "not registered") for n in want if not codecs.get(n, {}).get("available")}
 assert not bad, f"codecs unavailable from the wheels: {bad}"
 tasks = sorted(t["name"] for t in json.load(open("tasks.json")))
@@ -115,8 +115,8 @@ assert tasks == ["cls", "det", "inst", "panoptic", "pose", "seg"], tasks
 print(f"    {len(codecs)} codecs ({sum(c['available'] for c in codecs.values())} available), tasks {tasks}")
 EOF
 "$ICM" data shapes --out data --train 0 --val 4 > /dev/null
-for codec in jpeg webp avif hevc icm-omni icm-hyperprior-mse; do
-  case $codec in icm-omni) rate="--rate 0.5";; icm-hyperprior-mse) rate="-q 2";; hevc) rate="-q 32";; *) rate="-q 50";; esac
+for codec in jpeg webp avif hevc icm-omni icm-hyperprior-mse icm-omni-features; do
+  case $codec in icm-omni|icm-omni-features) rate="--rate 0.5";; icm-hyperprior-mse) rate="-q 2";; hevc) rate="-q 32";; *) rate="-q 50";; esac
   "$ICM" encode "$(ls data/val/images/*.png | head -n1)" --codec $codec $rate -o bits/$codec > /dev/null
   "$ICM" decode bits/$codec/*.icm -o decoded_$codec.png
 done
@@ -127,7 +127,8 @@ r = json.load(open("results/results.json"))
 tasks = sorted(r["analysis"].keys() - {"_psnr"})
 assert tasks == ["cls", "det", "inst", "panoptic", "pose", "seg"], tasks
 codecs = sorted(r["analysis"]["det"]["curves"])
-for need in ("icm-omni", "icm-hyperprior-mse", "jpeg", "webp", "avif", "hevc"):
+# icm-omni-features: its back ends load from the plugin wheels (a missing one would be a failure)
+for need in ("icm-omni", "icm-hyperprior-mse", "icm-omni-features", "jpeg", "webp", "avif", "hevc"):
     assert need in codecs, (need, codecs)
 c = r["counters"]
 print(f"    icm evaluate from the wheels: tasks {tasks}, codecs {codecs}; {c['encodes']} encodes, "
