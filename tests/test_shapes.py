@@ -192,3 +192,16 @@ def test_cli_writes_the_dataset(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["params"]["size"] == 64
     again = run_icm("data", "shapes", "--out", out, "--train", 2, "--val", 2, "--size", 64)
     assert again.returncode == 0 and "already up to date" in again.stdout
+
+
+def test_shapes_1k_extends_val_without_changing_it(tmp_path):
+    """`shapes-1k` is `shapes` with more val images: the first ones must be byte-identical."""
+    from icm.plugins import Plugins
+
+    assert Plugins().load().datasets.entry("shapes-1k").plugin == "icm.builtin.datasets"
+    small, large = tmp_path / "small", tmp_path / "large"
+    generate(small, train=1, val=2, size=64, progress=False)
+    generate(large, train=1, val=4, size=64, progress=False)
+    for name in ("train/images/000000.png", "val/images/000000.png", "val/images/000001.png", "val/semantic/000001.png"):
+        assert (small / name).read_bytes() == (large / name).read_bytes()
+    assert len(load_dataset(large, split="val")) == 4
