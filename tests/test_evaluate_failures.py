@@ -140,3 +140,19 @@ def test_experiment_file_keys_for_weights_class_map_and_strict(tmp_path):
     path.write_text('class_map = ["person"]\n')
     with pytest.raises(UserError, match="class_map must be a table"):
         load_experiment(path)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "experiments").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_configs_name_only_registered_things(path):
+    """Each shipped experiment file loads, and its tasks, codecs and dataset are installed ones."""
+    from icm.evaluation.config import load_experiment
+    from icm.plugins import Plugins
+
+    exp, plugins = load_experiment(path), Plugins().load()
+    assert exp.tasks and exp.codecs
+    for task in exp.tasks:
+        plugins.tasks.entry(task.name)
+    for codec in exp.codecs:
+        plugins.codecs.entry(codec.name)
+    plugins.datasets.entry(exp.dataset)
