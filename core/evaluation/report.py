@@ -55,10 +55,9 @@ def plot_curves(analysis: dict, out: Path, cache: Path | None = None) -> dict[st
 
 
 def _draw(name: str, a: dict) -> dict[str, bytes]:
-    import matplotlib
+    from icm.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (codec, c) in enumerate(sorted(a["curves"].items())):

@@ -20,11 +20,9 @@ def _series(history, get, positive=False):
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
+    from icm.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     (aw, al), (ab, am) = axes
     terms = list(dict.fromkeys(t for e in history for t in e.get("weights", {})))
