@@ -39,3 +39,22 @@ def test_log_rate_axis_labels_do_not_collide_within_one_decade():
     minor = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
     plt.close(fig)
     assert minor == [] and "0.5" in major and all("10^" not in m and "times" not in m for m in major), major
+
+
+def test_plots_render_headless_without_font_fallback_warnings(tmp_path, caplog):
+    """A log-scale axis renders mathtext ticks; icm's figures must not log findfont fallbacks."""
+    import logging
+
+    from icm.plotting import pyplot
+
+    plt = pyplot()
+    assert plt.get_backend().lower() == "agg"
+    fig, ax = plt.subplots()
+    ax.plot([0.1, 1, 10], [1, 2, 3])
+    ax.set_xscale("log")
+    ax.set_title(r"$\mathcal{R}$ and $\mathtt{bpp}$")  # fonts a foreign font cache may lack
+    with caplog.at_level(logging.WARNING):
+        fig.savefig(tmp_path / "p.png")
+    plt.close(fig)
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib.font_manager")]
