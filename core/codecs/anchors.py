@@ -149,9 +149,7 @@ class HEIF(PillowAnchor):
 def ffmpeg_exe() -> str | None:
     """ICM_FFMPEG, else the static ffmpeg that imageio-ffmpeg ships (it has libx265 and libvvenc), else PATH."""
     if os.environ.get("ICM_FFMPEG"):  # a path that is not an executable file means: no ffmpeg
-        path = os.environ["ICM_FFMPEG"]
-        found = shutil.which(path)
-        return found if found and os.access(found, os.X_OK) else None
+        return shutil.which(os.environ["ICM_FFMPEG"])  # which() already requires an executable file
     try:
         import imageio_ffmpeg
 
