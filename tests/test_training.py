@@ -372,6 +372,32 @@ def test_run_checkpoints_logs_plots_resumes_and_reevaluates_the_front(toy, shape
     assert sorted(p.name for p in ck.iterdir()) == ["epoch_001.pth", "state.pt"]
 
 
+def test_resume_refuses_when_the_init_weights_were_replaced(toy, shapes, tmp_path):
+    """Same config, new weights behind its `init` (say a newly shipped model): continuing the old
+    checkpoints would silently train and export from the old weights."""
+    def config(name, extra=""):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(CONFIG.format(dataset=shapes, out=tmp_path / name, extra="reevaluate = false\n" + extra))
+        cfg = load_config(path)
+        cfg.epochs = 1
+        return cfg
+
+    train(config("parent"), progress=False)
+    child = f'init = "{tmp_path / "parent"}"'
+    train(config("child", child), progress=False)
+    state = torch.load(tmp_path / "child" / "checkpoints" / "state.pt", weights_only=True)
+    assert len(state["init"]["sha256"]) == 16
+    assert train(config("child", child), progress=False)["start_epoch"] == 2  # unchanged init: resumes
+
+    weights = torch.load(tmp_path / "parent" / "model.pth", weights_only=True)
+    key = next(k for k, v in weights.items() if v.is_floating_point() and v.dim() == 4)
+    weights[key] = weights[key] * 0.5
+    torch.save(weights, tmp_path / "parent" / "model.pth")
+    with pytest.raises(UserError, match="trained from another .*parent.*--no-resume"):
+        train(config("child", child), progress=False)
+    assert train(config("child", child), resume=False, progress=False)["start_epoch"] == 1
+
+
 class FakeOmni(Codec):
     """A continuous-rate codec for the test: a factorized CompressAI model behind a crude gain unit."""
 

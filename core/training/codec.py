@@ -13,6 +13,7 @@ Two kinds of codec train here:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 
@@ -275,8 +276,10 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
         fresh.update(force=True)
     state = fresh.state_dict()
     missing: list[str] = []
+    digest = None
     if init != "scratch":
         path = init_file(init)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         loaded = load_checkpoint(path)
         unexpected = sorted(set(loaded) - set(state))
         wrong = sorted(k for k in set(loaded) & set(state) if loaded[k].shape != state[k].shape
@@ -290,7 +293,9 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     repair_likelihood_bounds(net)
     if hasattr(net, "update"):
         net.update(force=True)
-    return {"init": init, "new_keys": len(missing), "new_modules": sorted({k.split(".")[0] for k in missing})}
+    # the file's digest lets a resumed run notice that its init was replaced (e.g. a new shipped model)
+    return {"init": init, **({"sha256": digest} if digest else {}), "new_keys": len(missing),
+            "new_modules": sorted({k.split(".")[0] for k in missing})}
 
 
 CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")

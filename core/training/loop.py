@@ -159,6 +159,10 @@ class Run:
         if changed:
             raise UserError(f"{path} was trained with another config ({', '.join(changed)} differ): "
                             f"use --no-resume to start again, or another --out")
+        was, now = (state.get("init") or {}).get("sha256"), (self.init or {}).get("sha256")
+        if was and now and was != now:  # same config, but the init file's weights changed since
+            raise UserError(f"{path} was trained from another {self.cfg.init} (sha256 {was}, now {now}): "
+                            f"use --no-resume to start again from the new weights, or another --out")
         C.load_module_state(self.trainable.net, state["model"])
         self.schedule.load_state_dict(state.get("schedule", {}))
         for t, loss_state in (state.get("losses") or {}).items():
@@ -304,7 +308,7 @@ class Run:
                     "aux_optimizer": self.aux_opt.state_dict() if self.aux_opt else None,
                     "schedule": self.schedule.state_dict(), "rng": rng, "history": self.history,
                     "losses": {t: loss.state_dict() for t, loss in self.losses.items()},
-                    "config": plain(self.cfg.to_dict())}, self.ckdir / STATE)
+                    "config": plain(self.cfg.to_dict()), "init": self.init}, self.ckdir / STATE)
         self.write_log()
         plot_history(self.history, self.out / "plot.png")
 
