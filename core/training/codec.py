@@ -13,7 +13,6 @@ Two kinds of codec train here:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 
@@ -268,7 +267,7 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     """Start from ``init``: a fresh module (``"scratch"``), or a fresh module overwritten by a state dict.
     Keys the file lacks keep their new initialisation (e.g. an aux branch added to a primary-only model);
     keys the module lacks, or of another shape, are a UserError. Returns what was loaded."""
-    from icm.codecs.learned import load_checkpoint
+    from icm.codecs.learned import load_checkpoint, tensor_hash
 
     net = trainable.net
     fresh = fresh_module(net, seed)
@@ -279,8 +278,8 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     digest = None
     if init != "scratch":
         path = init_file(init)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         loaded = load_checkpoint(path)
+        digest = tensor_hash(loaded).hex()
         unexpected = sorted(set(loaded) - set(state))
         wrong = sorted(k for k in set(loaded) & set(state) if loaded[k].shape != state[k].shape
                        and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")))
@@ -293,8 +292,8 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     repair_likelihood_bounds(net)
     if hasattr(net, "update"):
         net.update(force=True)
-    # the file's digest lets a resumed run notice that its init was replaced (e.g. a new shipped model)
-    return {"init": init, **({"sha256": digest} if digest else {}), "new_keys": len(missing),
+    # a hash of the loaded tensors lets a resumed run notice that its init file was replaced
+    return {"init": init, **({"weights_hash": digest} if digest else {}), "new_keys": len(missing),
             "new_modules": sorted({k.split(".")[0] for k in missing})}
 
 

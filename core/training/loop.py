@@ -159,9 +159,9 @@ class Run:
         if changed:
             raise UserError(f"{path} was trained with another config ({', '.join(changed)} differ): "
                             f"use --no-resume to start again, or another --out")
-        was, now = (state.get("init") or {}).get("sha256"), (self.init or {}).get("sha256")
+        was, now = (state.get("init") or {}).get("weights_hash"), (self.init or {}).get("weights_hash")
         if was and now and was != now:  # same config, but the init file's weights changed since
-            raise UserError(f"{path} was trained from another {self.cfg.init} (sha256 {was}, now {now}): "
+            raise UserError(f"{path} was trained from other weights in {self.cfg.init} (weights hash {was}, now {now}): "
                             f"use --no-resume to start again from the new weights, or another --out")
         C.load_module_state(self.trainable.net, state["model"])
         self.schedule.load_state_dict(state.get("schedule", {}))
