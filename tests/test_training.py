@@ -364,6 +364,14 @@ def test_run_checkpoints_logs_plots_resumes_and_reevaluates_the_front(toy, shape
     changed.lr = 5e-5
     with pytest.raises(UserError, match="lr differ"):
         train(changed, progress=False)
+    # but where the final weights are exported is not part of the training: a chain link that stops
+    # exporting (or exports elsewhere) resumes, and the finished run writes the new export
+    moved = load_config(path)
+    moved.export, moved.reevaluate = str(tmp_path / "elsewhere" / "model.pth"), False
+    summary = train(moved, progress=False)
+    assert summary["trained_epochs"] == [] and summary["start_epoch"] == 4
+    exported = torch.load(moved.export, weights_only=True)
+    assert torch.equal(exported["g_a.0.weight"], torch.load(tmp_path / "run" / "model.pth", weights_only=True)["g_a.0.weight"].half())
 
     # --no-resume starts again from scratch
     fresh = CliRunner().invoke(train_command, [str(path), "--no-progress", "--no-resume", "--epochs", "1",

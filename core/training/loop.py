@@ -377,7 +377,8 @@ class Run:
         return rows
 
 
-RESUMABLE_CHANGES = {"out", "epochs", "reevaluate", "device", "eval_batch_size"}  # may differ on resume
+# may differ on resume: where results go and how they are checked, not what was trained
+RESUMABLE_CHANGES = {"out", "export", "epochs", "reevaluate", "device", "eval_batch_size"}
 
 
 def _changed_keys(saved: dict, now: dict) -> list[str]:
