@@ -87,7 +87,8 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     """Each link starts from the previous link's final weights (init = its out folder)."""
     for link, parent in (("icm_omni_2_task_losses", "icm_omni_1_distill"), ("icm_omni_3_seg_x2", "icm_omni_2_task_losses"),
                          ("icm_omni_4_low_rates", "icm_omni_3_seg_x2"),
-                         ("icm_omni_5_six_tasks", "icm_omni_4_low_rates"), ("icm_omni_7_gains", "icm_omni_6_det_x2")):
+                         ("icm_omni_5_six_tasks", "icm_omni_4_low_rates"), ("icm_omni_7_gains", "icm_omni_6_det_x2"),
+                         ("icm_omni_8_whole", "icm_omni_7_gains"), ("icm_omni_9_gains", "icm_omni_8_whole")):
         cfg, _ = runs[link]
         assert Path(cfg.init) == Path(runs[parent][0].out)
         log = (Path(cfg.out) / "log.json").read_text()
@@ -98,8 +99,13 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     # stage II: the primary branch is icm-omni's, untouched; only the aux branch trained
     assert torch.equal(trained["g_a.0.weight"].half(), primary["g_a.0.weight"])
     assert any(k.startswith("aux_a.") for k in trained)
-    # the gains-only trial link: transforms frozen at link 6's values, quantisation steps trained
-    link6 = torch.load(Path(runs["icm_omni_6_det_x2"][0].out) / "model.pth", weights_only=True)
-    gains = torch.load(Path(runs["icm_omni_7_gains"][0].out) / "model.pth", weights_only=True)
-    assert torch.equal(gains["g_a.0.weight"], link6["g_a.0.weight"]) and torch.equal(gains["h_s.0.weight"], link6["h_s.0.weight"])
-    assert not torch.equal(gains["gain_y.log_steps"], link6["gain_y.log_steps"])
+    # the gains-only links: transforms frozen at the parent's values, quantisation steps trained;
+    # the whole-model link between them trains the transforms again
+    def final(config):
+        return torch.load(Path(runs[config][0].out) / "model.pth", weights_only=True)
+
+    for link, parent in (("icm_omni_7_gains", "icm_omni_6_det_x2"), ("icm_omni_9_gains", "icm_omni_8_whole")):
+        gains, before = final(link), final(parent)
+        assert torch.equal(gains["g_a.0.weight"], before["g_a.0.weight"]) and torch.equal(gains["h_s.0.weight"], before["h_s.0.weight"])
+        assert not torch.equal(gains["gain_y.log_steps"], before["gain_y.log_steps"])
+    assert not torch.equal(final("icm_omni_8_whole")["g_a.0.weight"], final("icm_omni_7_gains")["g_a.0.weight"])
