@@ -101,6 +101,22 @@ def test_lambda_scales_the_chosen_term_and_the_rate_weight_varies_with_alpha():
     assert C.rate_lambda(on_dist, 0.5) == pytest.approx(math.sqrt(0.0009 * 0.026))
 
 
+def test_task_rate_weights_scale_every_task_term_by_rate():
+    rate = torch.tensor([0.0, 0.5, 1.0])
+    cfg = CodecConfig("icm-omni", rates=[0.0, 1.0], rate_lambdas=[0.0009, 0.026], lambda_on="distortion",
+                      low_rate_weight=6.0, task_rate_weights=[0.1, 1.0])
+    weights = torch.tensor([0.1, math.sqrt(0.1), 1.0])  # log-linear, like λ
+    for term in ("task:seg", "distill:cls", "objectness_distill:det"):
+        assert torch.allclose(C.term_factor(cfg, term, rate), weights)
+    assert torch.allclose(C.term_factor(cfg, "rate", rate), torch.tensor([6.0, math.sqrt(6.0), 1.0]))  # untouched
+    assert torch.allclose(C.term_factor(cfg, "mse", rate), torch.tensor([0.0009, math.sqrt(0.0009 * 0.026), 0.026]))
+    assert C.term_factor(cfg, "task:seg", None) == 1.0
+    base = {"dataset": "shapes", "out": "o", "losses": {"rate": 1.0}}
+    for bad in ([1.0], [0.0, 1.0]):
+        with pytest.raises(UserError, match="task_rate_weights"):
+            parse_config({**base, "codec": {"name": "icm-omni", "rates": [0.0, 1.0], "task_rate_weights": bad}})
+
+
 def test_a_step_weighs_each_sample_by_its_own_factor(toy, shapes, tmp_path):
     cfg = config(shapes, tmp_path / "r", codec=omni(rate_lambdas=[0.001, 0.1], lambda_on="distortion",
                                                     low_rate_weight=4.0), task_scales={"colour": 3.0},

@@ -201,9 +201,14 @@ def sample_rate(cfg: CodecConfig, continuous: bool, n: int = 1, generator: torch
 def rate_lambda(cfg: CodecConfig, rate: float | torch.Tensor | None) -> float | torch.Tensor:
     """λ at ``rate`` (a float or one per sample): ``rate_lambdas`` at the listed rates, log-linear
     between them, constant outside."""
-    if rate is None or not cfg.rate_lambdas:
+    return _at_rate(cfg, cfg.rate_lambdas, rate)
+
+
+def _at_rate(cfg: CodecConfig, values: list[float] | None, rate: float | torch.Tensor | None) -> float | torch.Tensor:
+    """``values`` (one per ``cfg.rates`` entry) at ``rate``, log-linear between them; 1 without either."""
+    if rate is None or not values:
         return 1.0
-    pairs = sorted(zip(train_rates(cfg), (math.log(float(v)) for v in cfg.rate_lambdas)))
+    pairs = sorted(zip(train_rates(cfg), (math.log(float(v)) for v in values)))
     xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
     if isinstance(rate, torch.Tensor):
         values = np.exp(np.interp(rate.detach().cpu().double().numpy(), xs, ys))
@@ -212,8 +217,9 @@ def rate_lambda(cfg: CodecConfig, rate: float | torch.Tensor | None) -> float | 
 
 
 def term_factor(cfg: CodecConfig, term: str, rate: float | torch.Tensor | None) -> float | torch.Tensor:
-    """The rate-dependent factor of a term: λ(rate) on ``rate`` or on ``mse`` (``lambda_on``), and
-    ``low_rate_weight^(1 − rate)`` on ``rate``. 1 for every other term, and without a rate."""
+    """The rate-dependent factor of a term: λ(rate) on ``rate`` or on ``mse`` (``lambda_on``),
+    ``low_rate_weight^(1 − rate)`` on ``rate``, and ``task_rate_weights`` at ``rate`` on every term
+    bound to a task (``kind:task``). 1 for every other term, and without a rate."""
     if rate is None:
         return 1.0
     kind = term.partition(":")[0]
@@ -222,6 +228,8 @@ def term_factor(cfg: CodecConfig, term: str, rate: float | torch.Tensor | None) 
         factor = rate_lambda(cfg, rate)
     if kind == "rate" and cfg.low_rate_weight != 1.0:
         factor = factor * cfg.low_rate_weight ** (1 - rate)
+    if term.partition(":")[2] and cfg.task_rate_weights:
+        factor = factor * _at_rate(cfg, cfg.task_rate_weights, rate)
     return factor
 
 

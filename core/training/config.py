@@ -22,6 +22,7 @@ class CodecConfig:
     rate_lambdas: list[float] | None = None  # λ(rate) at the listed rates (log-interpolated)
     lambda_on: str = "rate"  # the term λ(rate) scales: "rate" or "distortion" (the mse term)
     low_rate_weight: float = 1.0  # the rate term is also weighted low_rate_weight^(1 - rate)
+    task_rate_weights: list[float] | None = None  # every task's terms weighted by these at the listed rates
     val_rates: list[float] | None = None  # continuous codecs: rates validated every epoch (default: rates)
     beta: float = 1.0  # continuous codecs: passed as forward(x, rate, beta=...)
     train_modules: list[str] | None = None  # train only these submodules; the rest frozen, in eval mode
@@ -121,6 +122,9 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
     cfg = TrainConfig(codec=codec, losses=losses, tasks=tasks, schedule=schedule, schedule_options=options, **data)
     if cfg.codec.rate_lambdas is not None and len(cfg.codec.rate_lambdas) != len(cfg.codec.rates or []):
         raise UserError(f"{source}: codec.rate_lambdas needs one value per codec.rates entry")
+    weights = cfg.codec.task_rate_weights
+    if weights is not None and (len(weights) != len(cfg.codec.rates or []) or min(weights) <= 0):
+        raise UserError(f"{source}: codec.task_rate_weights needs one value > 0 per codec.rates entry")
     if cfg.codec.rate_sampling not in ("list", "uniform"):
         raise UserError(f"{source}: codec.rate_sampling must be 'list' or 'uniform'")
     if cfg.codec.lambda_on not in ("rate", "distortion"):
