@@ -516,6 +516,8 @@ def test_config_errors_are_one_line_user_errors(tmp_path):
         parse_config({"codec": {"name": "x"}})
     with pytest.raises(UserError, match="rate_lambdas"):
         parse_config({"codec": {"name": "x", "rates": [0.1], "rate_lambdas": [1, 2]}, "losses": {"mse": 1}})
+    with pytest.raises(UserError, match="rate_lambdas needs one value > 0"):  # log-interpolated: 0 has no log
+        parse_config({"codec": {"name": "x", "rates": [0.1, 0.9], "rate_lambdas": [0, 2]}, "losses": {"mse": 1}})
 
 
 DDP_SCRIPT = """

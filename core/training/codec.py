@@ -211,8 +211,8 @@ def _at_rate(cfg: CodecConfig, values: list[float] | None, rate: float | torch.T
     pairs = sorted(zip(train_rates(cfg), (math.log(float(v)) for v in values)))
     xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
     if isinstance(rate, torch.Tensor):
-        values = np.exp(np.interp(rate.detach().cpu().double().numpy(), xs, ys))
-        return torch.as_tensor(values, dtype=torch.float32, device=rate.device)
+        at = np.exp(np.interp(rate.detach().cpu().double().numpy(), xs, ys))
+        return torch.as_tensor(at, dtype=torch.float32, device=rate.device)
     return float(math.exp(np.interp(float(rate), xs, ys)))
 
 
@@ -222,13 +222,13 @@ def term_factor(cfg: CodecConfig, term: str, rate: float | torch.Tensor | None) 
     bound to a task (``kind:task``). 1 for every other term, and without a rate."""
     if rate is None:
         return 1.0
-    kind = term.partition(":")[0]
+    kind, _, task = term.partition(":")
     factor = 1.0
     if kind == ("rate" if cfg.lambda_on == "rate" else "mse"):
         factor = rate_lambda(cfg, rate)
     if kind == "rate" and cfg.low_rate_weight != 1.0:
         factor = factor * cfg.low_rate_weight ** (1 - rate)
-    if term.partition(":")[2] and cfg.task_rate_weights:
+    if task and cfg.task_rate_weights:
         factor = factor * _at_rate(cfg, cfg.task_rate_weights, rate)
     return factor
 

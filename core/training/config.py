@@ -120,11 +120,10 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
             tasks.append(TaskSpec(task))
             named.add(task)
     cfg = TrainConfig(codec=codec, losses=losses, tasks=tasks, schedule=schedule, schedule_options=options, **data)
-    if cfg.codec.rate_lambdas is not None and len(cfg.codec.rate_lambdas) != len(cfg.codec.rates or []):
-        raise UserError(f"{source}: codec.rate_lambdas needs one value per codec.rates entry")
-    weights = cfg.codec.task_rate_weights
-    if weights is not None and (len(weights) != len(cfg.codec.rates or []) or min(weights) <= 0):
-        raise UserError(f"{source}: codec.task_rate_weights needs one value > 0 per codec.rates entry")
+    for key in ("rate_lambdas", "task_rate_weights"):  # both log-interpolated over codec.rates
+        values = getattr(cfg.codec, key)
+        if values is not None and (len(values) != len(cfg.codec.rates or []) or min(values, default=1) <= 0):
+            raise UserError(f"{source}: codec.{key} needs one value > 0 per codec.rates entry")
     if cfg.codec.rate_sampling not in ("list", "uniform"):
         raise UserError(f"{source}: codec.rate_sampling must be 'list' or 'uniform'")
     if cfg.codec.lambda_on not in ("rate", "distortion"):
