@@ -19,6 +19,7 @@ import toy_task
 from conftest import REPO
 from icm import hookimpl
 from icm.codecs import Codec, RateControl
+from icm.codecs.icm_codec import GainUnit
 from icm.datasets import load_dataset
 from icm.errors import UserError
 from icm.tasks import Batch
@@ -492,6 +493,61 @@ def test_icm_omni_trains_at_beta_below_1_and_its_candidates_reopen_by_name(toy, 
     assert all(math.isfinite(v) for v in losses.values())
     (row,) = summary["pareto"]
     assert row["rate"] == {"rate": 0.5} and row["bpp"] > 0 and row["score_real"] is not None
+
+
+def test_icm_omni_grows_gain_levels_below_its_init_and_resumes(toy, shapes, tmp_path):
+    """codec.new_low_gains extends the rate range downwards: rate 0 becomes a new, coarser gain level,
+    the init's levels move up the rate axis unchanged, and a codec with fewer levels loads the result."""
+    def config(name, **extra):
+        codec = {"name": "icm-omni", "options": {"weights": "random"}, "rates": [0.0, 1.0], "val_rates": [0.0],
+                 "train_modules": ["g_s"], **extra.pop("codec", {})}
+        return parse_config({"codec": codec, "tasks": ["colour"], "losses": {"rate": 0.01, "mse": 1.0},
+                             "dataset": str(shapes), "epochs": 1, "batch_size": 4, "eval_batch_size": 4,
+                             "train_limit": 8, "val_limit": 4, "reevaluate": False, "out": str(tmp_path / name), **extra})
+
+    train(config("parent"), progress=False)
+    grown = config("grown", init=str(tmp_path / "parent"), codec={"new_low_gains": [1.5]})
+    train(grown, progress=False)
+    before = torch.load(tmp_path / "parent" / "model.pth", weights_only=True)
+    after = torch.load(tmp_path / "grown" / "model.pth", weights_only=True)
+    for unit in ("gain_y", "gain_z", "gain_aux"):
+        old, new = (GainUnit(6, before[f"{unit}.log_gain0"].numel()), GainUnit(7, after[f"{unit}.log_gain0"].numel()))
+        old.load_state_dict({k[len(unit) + 1:]: v.float() for k, v in before.items() if k.startswith(unit + ".")})
+        new.load_state_dict({k[len(unit) + 1:]: v.float() for k, v in after.items() if k.startswith(unit + ".")})
+        t_old, t_new = old.log_table().detach(), new.log_table().detach()
+        assert torch.allclose(t_new[1:], t_old, atol=1e-5)  # the gains were frozen: the old levels, exactly
+        assert torch.allclose(t_new[0], t_old[0] - 1.5 * (t_old[1] - t_old[0]), atol=1e-5)
+        inv_old, inv_new = old.log_inv_gain.detach(), new.log_inv_gain.detach()
+        assert torch.equal(inv_new[1:], inv_old)
+        assert torch.allclose(inv_new[0], inv_old[0] - 1.5 * (inv_old[1] - inv_old[0]), atol=1e-5)
+    # the codec reopened on the grown weights: rate 0 is the new, coarser level; the parent's rate 0 is
+    # now at 1/6, its rate 1 still at 1
+    from icm.codecs.icm_codec import ICMCodec
+
+    was, now = (ICMCodec(checkpoint=str(tmp_path / run / "model.pth")).net.gain_y for run in ("parent", "grown"))
+    at = lambda unit, r: unit(torch.tensor([r]))[0].flatten()  # noqa: E731
+    assert (at(now, 0.0) < at(was, 0.0)).all()
+    assert torch.allclose(at(now, 1 / 6), at(was, 0.0), rtol=1e-4) and torch.allclose(at(now, 1.0), at(was, 1.0), rtol=1e-4)
+    assert train(grown, progress=False)["start_epoch"] == 2  # the finished run resumes as finished
+    # a run from the grown weights on the 6-level codec (icm-omni-aux's case) takes the 7 levels
+    train(config("next", init=str(tmp_path / "grown")), progress=False)
+    assert torch.load(tmp_path / "next" / "model.pth", weights_only=True)["gain_y.log_inv_gain"].shape[0] == 7
+    with pytest.raises(UserError, match="new_low_gains"):
+        config("bad", init=str(tmp_path / "parent"), codec={"new_low_gains": [0.0]})
+    with pytest.raises(UserError, match="set init"):
+        config("bad", codec={"new_low_gains": [1.0]})
+
+
+def test_a_run_saved_before_a_config_key_existed_still_resumes():
+    """A finished chain link must not be refused after icm gains a config key: it trained with the default."""
+    from icm.training.loop import _changed_keys, plain
+
+    now = plain(parse_config({"codec": {"name": "icm-omni", "rates": [0.0, 1.0]}, "losses": {"rate": 1.0}}).to_dict())
+    saved = {k: v for k, v in now.items() if k != "warmup_steps"}
+    saved["codec"] = {k: v for k, v in now["codec"].items() if k not in ("task_rate_weights", "new_low_gains")}
+    assert _changed_keys(saved, now) == []
+    saved["codec"]["rate_power"] = 3.0
+    assert _changed_keys(saved, now) == ["codec"]
 
 
 def test_shipped_training_configs_parse(icm_plugins):

@@ -69,6 +69,33 @@ class GainUnit(nn.Module):
         self.log_steps = nn.Parameter(torch.full((num_gains - 1, channels), _inv_softplus(step)))
         self.log_inv_gain = nn.Parameter(-self.log_table().detach().clone())
 
+    def _set(self, log_gain0: torch.Tensor, log_steps: torch.Tensor, log_inv_gain: torch.Tensor) -> None:
+        """New parameters in place (the module object stays, so a frozen unit stays frozen)."""
+        trainable = self.log_gain0.requires_grad
+        for name, value in (("log_gain0", log_gain0), ("log_steps", log_steps), ("log_inv_gain", log_inv_gain)):
+            setattr(self, name, nn.Parameter(value.detach().clone(), requires_grad=trainable))
+        self.num_gains = log_inv_gain.shape[0]
+
+    def resize(self, num_gains: int) -> None:
+        """``num_gains`` levels at their initial values (before a state dict with that many is loaded)."""
+        fresh = GainUnit(num_gains, self.channels).to(self.log_gain0.device)
+        self._set(fresh.log_gain0, fresh.log_steps, fresh.log_inv_gain)
+
+    def add_low_levels(self, distances: list[float]) -> None:
+        """New levels below G_0, each ``d`` of this unit's lowest step (per channel) under it: the
+        table's linear continuation in the log domain, inverse gains alike. The old levels keep their
+        exact values; training then places the new ones."""
+        if self.num_gains < 2:
+            raise ValueError("a unit with one gain level has no step to continue")
+        with torch.no_grad():
+            table, inv = self.log_table(), self.log_inv_gain
+            below = torch.tensor(sorted(distances, reverse=True), dtype=table.dtype, device=table.device)[:, None]
+            new = table[0] - below * (table[1] - table[0])
+            gaps = torch.cat([new, table[:1]])
+            gaps = gaps[1:] - gaps[:-1]
+            log_steps = torch.cat([gaps + torch.log(-torch.expm1(-gaps)), self.log_steps])  # softplus⁻¹
+            self._set(new[0], log_steps, torch.cat([inv[0] - below * (inv[1] - inv[0]), inv]))
+
     def log_table(self) -> torch.Tensor:
         """(num_gains, channels) log gains, non-decreasing along the first axis."""
         steps = torch.cumsum(F.softplus(self.log_steps), dim=0)
@@ -178,6 +205,27 @@ class ICMNet(CompressionModel):
         except RuntimeError as exc:
             raise ValueError(str(exc).splitlines()[0]) from None
         return net
+
+    # -- the number of gain levels -------------------------------------------------------------------
+    def gain_units(self) -> list[GainUnit]:
+        return [self.gain_y, self.gain_z] + ([self.gain_aux] if self.aux else [])
+
+    def fit_state(self, state: dict) -> None:
+        """Give the gain units as many levels as ``state`` has, so it loads (a run can start from
+        weights with another number of rate levels than the codec's own)."""
+        key = "gain_y.log_inv_gain"
+        if key in state and state[key].ndim == 2 and state[key].shape[0] != self.config["num_gains"]:
+            for unit in self.gain_units():
+                unit.resize(int(state[key].shape[0]))
+            self.config["num_gains"] = int(state[key].shape[0])
+
+    def add_low_gains(self, distances: list[float]) -> None:
+        """Extend the rate range downwards: one new lowest gain level per distance (in units of each
+        unit's lowest step below its old lowest level), in every gain unit. Rate 0 is then the new
+        lowest level; the old levels move up the rate axis."""
+        for unit in self.gain_units():
+            unit.add_low_levels(distances)
+        self.config["num_gains"] += len(distances)
 
     AUX_MODULES = ("aux_a", "aux_s", "gain_aux", "aux_bottleneck", "aux_r")
     stride = STRIDE  # of z relative to the input; inputs are sized in multiples of it

@@ -274,20 +274,24 @@ def init_file(init: str) -> Path:
 def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     """Start from ``init``: a fresh module (``"scratch"``), or a fresh module overwritten by a state dict.
     Keys the file lacks keep their new initialisation (e.g. an aux branch added to a primary-only model);
-    keys the module lacks, or of another shape, are a UserError. Returns what was loaded."""
+    keys the module lacks, or of another shape, are a UserError. A module with ``fit_state`` first takes
+    the file's number of gain levels; ``codec.new_low_gains`` then adds levels below. Returns what was loaded."""
     from icm.codecs.learned import load_checkpoint, tensor_hash
 
     net = trainable.net
+    loaded, digest = None, None
+    if init != "scratch":
+        path = init_file(init)
+        loaded = load_checkpoint(path)
+        digest = tensor_hash(loaded).hex()
+        if hasattr(net, "fit_state"):  # e.g. another number of gain levels than the codec's own weights
+            net.fit_state(loaded)
     fresh = fresh_module(net, seed)
     if hasattr(fresh, "update"):
         fresh.update(force=True)
     state = fresh.state_dict()
     missing: list[str] = []
-    digest = None
-    if init != "scratch":
-        path = init_file(init)
-        loaded = load_checkpoint(path)
-        digest = tensor_hash(loaded).hex()
+    if loaded is not None:
         unexpected = sorted(set(loaded) - set(state))
         wrong = sorted(k for k in set(loaded) & set(state) if loaded[k].shape != state[k].shape
                        and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")))
@@ -297,6 +301,11 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
         missing = sorted(set(state) - set(loaded))
         state.update({k: v.to(state[k].dtype) if v.is_floating_point() else v for k, v in loaded.items()})
     load_module_state(net, state)
+    grow = trainable.cfg.new_low_gains
+    if grow:
+        if not hasattr(net, "add_low_gains"):
+            raise UserError(f"codec.new_low_gains: {trainable.codec.name!r} has no gain levels to extend")
+        net.add_low_gains(grow)
     repair_likelihood_bounds(net)
     if hasattr(net, "update"):
         net.update(force=True)

@@ -25,6 +25,7 @@ class CodecConfig:
     task_rate_weights: list[float] | None = None  # every task's terms weighted by these at the listed rates
     val_rates: list[float] | None = None  # continuous codecs: rates validated every epoch (default: rates)
     beta: float = 1.0  # continuous codecs: passed as forward(x, rate, beta=...)
+    new_low_gains: list[float] | None = None  # ICMNet: gain levels added below the init's lowest (rate 0 moves down)
     train_modules: list[str] | None = None  # train only these submodules; the rest frozen, in eval mode
     pad_to: int = 64
 
@@ -124,6 +125,11 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
         values = getattr(cfg.codec, key)
         if values is not None and (len(values) != len(cfg.codec.rates or []) or min(values, default=1) <= 0):
             raise UserError(f"{source}: codec.{key} needs one value > 0 per codec.rates entry")
+    grow = cfg.codec.new_low_gains
+    if grow and not cfg.init:
+        raise UserError(f"{source}: codec.new_low_gains extends the gain levels of an init: set init")
+    if grow is not None and (not grow or min(grow) <= 0 or len(set(grow)) != len(grow)):
+        raise UserError(f"{source}: codec.new_low_gains needs distinct distances > 0 (in lowest gain steps), e.g. [1.25]")
     if cfg.codec.rate_sampling not in ("list", "uniform"):
         raise UserError(f"{source}: codec.rate_sampling must be 'list' or 'uniform'")
     if cfg.codec.lambda_on not in ("rate", "distortion"):

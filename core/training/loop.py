@@ -4,6 +4,7 @@ re-evaluation with real bitstreams. Layout of the output folder: docs/training.m
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -22,7 +23,7 @@ from icm.evaluation.engine import _jsonable, dist_setup, gather, write_json
 from icm.plugins import get_plugins
 from icm.tasks import Batch
 from icm.training import codec as C
-from icm.training.config import TrainConfig
+from icm.training.config import CodecConfig, TrainConfig
 from icm.training.data import augment, epoch_batches, load_batch, pad, sampled_batches
 from icm.training.losses import Context, all_likelihoods, build_loss
 from icm.training.pareto import candidates, reevaluate, select_front
@@ -382,7 +383,25 @@ RESUMABLE_CHANGES = {"out", "export", "epochs", "reevaluate", "device", "eval_ba
 
 
 def _changed_keys(saved: dict, now: dict) -> list[str]:
+    saved = _with_defaults(saved)
     return sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A saved config with the keys added to TrainConfig / CodecConfig since it was written set to their
+    defaults: the run trained with those, so a finished run still resumes after an upgrade."""
+    def filled(values: dict, cls) -> dict:
+        out = dict(values)
+        for f in dataclasses.fields(cls):
+            if f.name not in out and f.default is not dataclasses.MISSING:
+                out[f.name] = plain(f.default)
+            elif f.name not in out and f.default_factory is not dataclasses.MISSING:
+                out[f.name] = plain(f.default_factory())
+        return out
+    saved = filled(saved, TrainConfig)
+    if isinstance(saved.get("codec"), dict):
+        saved["codec"] = filled(saved["codec"], CodecConfig)
+    return saved
 
 
 def _num(value, spec: str) -> str:
