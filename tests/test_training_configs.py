@@ -88,7 +88,8 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     for link, parent in (("icm_omni_2_task_losses", "icm_omni_1_distill"), ("icm_omni_3_seg_x2", "icm_omni_2_task_losses"),
                          ("icm_omni_4_low_rates", "icm_omni_3_seg_x2"),
                          ("icm_omni_5_six_tasks", "icm_omni_4_low_rates"), ("icm_omni_7_gains", "icm_omni_6_det_x2"),
-                         ("icm_omni_8_whole", "icm_omni_7_gains"), ("icm_omni_9_gains", "icm_omni_8_whole")):
+                         ("icm_omni_8_whole", "icm_omni_7_gains"), ("icm_omni_9_gains", "icm_omni_8_whole"),
+                         ("icm_omni_10_low_gain", "icm_omni_9_gains"), ("icm_omni_11_gains", "icm_omni_10_low_gain")):
         cfg, _ = runs[link]
         assert Path(cfg.init) == Path(runs[parent][0].out)
         log = (Path(cfg.out) / "log.json").read_text()
@@ -104,8 +105,15 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     def final(config):
         return torch.load(Path(runs[config][0].out) / "model.pth", weights_only=True)
 
-    for link, parent in (("icm_omni_7_gains", "icm_omni_6_det_x2"), ("icm_omni_9_gains", "icm_omni_8_whole")):
+    for link, parent in (("icm_omni_7_gains", "icm_omni_6_det_x2"), ("icm_omni_9_gains", "icm_omni_8_whole"),
+                         ("icm_omni_11_gains", "icm_omni_10_low_gain")):
         gains, before = final(link), final(parent)
         assert torch.equal(gains["g_a.0.weight"], before["g_a.0.weight"]) and torch.equal(gains["h_s.0.weight"], before["h_s.0.weight"])
         assert not torch.equal(gains["gain_y.log_steps"], before["gain_y.log_steps"])
     assert not torch.equal(final("icm_omni_8_whole")["g_a.0.weight"], final("icm_omni_7_gains")["g_a.0.weight"])
+    # link 10 adds one gain level below link 9's and trains the whole model; what it exports has 7
+    assert final("icm_omni_9_gains")["gain_y.log_inv_gain"].shape[0] == 6
+    assert final("icm_omni_10_low_gain")["gain_y.log_inv_gain"].shape[0] == 7
+    assert not torch.equal(final("icm_omni_10_low_gain")["g_a.0.weight"], final("icm_omni_9_gains")["g_a.0.weight"])
+    exported = torch.load(runs["icm_omni_11_gains"][0].export, weights_only=True)
+    assert exported["gain_y.log_inv_gain"].shape[0] == 7
