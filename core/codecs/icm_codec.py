@@ -47,7 +47,9 @@ def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()
 
 
-def _inv_softplus(v: float) -> float:
+def _inv_softplus(v):
+    if isinstance(v, torch.Tensor):
+        return v + torch.log(-torch.expm1(-v))  # the same, without expm1 overflowing for large steps
     return math.log(math.expm1(v))
 
 
@@ -91,9 +93,7 @@ class GainUnit(nn.Module):
             table, inv = self.log_table(), self.log_inv_gain
             below = torch.tensor(sorted(distances, reverse=True), dtype=table.dtype, device=table.device)[:, None]
             new = table[0] - below * (table[1] - table[0])
-            gaps = torch.cat([new, table[:1]])
-            gaps = gaps[1:] - gaps[:-1]
-            log_steps = torch.cat([gaps + torch.log(-torch.expm1(-gaps)), self.log_steps])  # softplus⁻¹
+            log_steps = torch.cat([_inv_softplus(torch.diff(torch.cat([new, table[:1]]), dim=0)), self.log_steps])
             self._set(new[0], log_steps, torch.cat([inv[0] - below * (inv[1] - inv[0]), inv]))
 
     def log_table(self) -> torch.Tensor:
@@ -213,11 +213,12 @@ class ICMNet(CompressionModel):
     def fit_state(self, state: dict) -> None:
         """Give the gain units as many levels as ``state`` has, so it loads (a run can start from
         weights with another number of rate levels than the codec's own)."""
-        key = "gain_y.log_inv_gain"
-        if key in state and state[key].ndim == 2 and state[key].shape[0] != self.config["num_gains"]:
+        table = state.get("gain_y.log_inv_gain")
+        levels = int(table.shape[0]) if isinstance(table, torch.Tensor) and table.ndim == 2 else 0
+        if levels >= 1 and levels != self.config["num_gains"]:  # else loading reports the shape that differs
             for unit in self.gain_units():
-                unit.resize(int(state[key].shape[0]))
-            self.config["num_gains"] = int(state[key].shape[0])
+                unit.resize(levels)
+            self.config["num_gains"] = levels
 
     def add_low_gains(self, distances: list[float]) -> None:
         """Extend the rate range downwards: one new lowest gain level per distance (in units of each

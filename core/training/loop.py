@@ -393,9 +393,11 @@ def _with_defaults(saved: dict) -> dict:
     def filled(values: dict, cls) -> dict:
         out = dict(values)
         for f in dataclasses.fields(cls):
-            if f.name not in out and f.default is not dataclasses.MISSING:
+            if f.name in out:
+                continue
+            if f.default is not dataclasses.MISSING:
                 out[f.name] = plain(f.default)
-            elif f.name not in out and f.default_factory is not dataclasses.MISSING:
+            elif f.default_factory is not dataclasses.MISSING:
                 out[f.name] = plain(f.default_factory())
         return out
     saved = filled(saved, TrainConfig)
