@@ -20,6 +20,17 @@ if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stam
 fi
 
 log() { echo "setup: $*" >&2; }
+# A fresh stack is ~7 GB in the venv (torch's CUDA build) plus pip's downloads; a full disk otherwise
+# surfaces as an OSError deep inside pip. Checked only when torch is not installed yet.
+NEED_GB=${ICM_SETUP_NEED_GB:-10}
+if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch" 2>/dev/null; }; then
+  mkdir -p "$(dirname "$VENV")"
+  FREE_GB=$(( $(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}') / 1048576 ))
+  if [ "$FREE_GB" -lt "$NEED_GB" ]; then
+    log "needs about $NEED_GB GB free for the stack, $(dirname "$VENV") has $FREE_GB GB (set ICM_SETUP_NEED_GB to override)"
+    exit 1
+  fi
+fi
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; python3 -m venv "$VENV"; }
 PY=$VENV/bin/python
 PIP="$PY -m pip install -q --disable-pip-version-check"
