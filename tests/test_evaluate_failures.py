@@ -128,6 +128,17 @@ def test_cli_a_config_without_checkpoint_needs_weights_random(tiny_shapes, tmp_p
     assert json.loads((tmp_path / "o" / "results.json").read_text())["experiment"]["tasks"][0]["weights"] == "random"
 
 
+@pytest.mark.parametrize("flag", [["--rates", "rate=0.5"], ["--checkpoint", "model.pth"]])
+def test_cli_rates_or_checkpoint_with_a_config_need_codec(tmp_path, flag):
+    """They used to be dropped in silence when the config listed the codecs: a run of other rates or
+    weights than asked for. Refused before any work, with the way out."""
+    path = tmp_path / "exp.toml"
+    path.write_text('anchors = ["jpeg"]\nreference = "jpeg"\n\n[[codecs]]\nname = "jpeg"\n')
+    proc = run_icm("evaluate", "--config", path, *flag, "--out", tmp_path / "o")
+    assert_user_error(proc, f"{flag[0]} applies to the --codec codecs")
+    assert not (tmp_path / "o").exists()
+
+
 def test_experiment_file_keys_for_weights_class_map_and_strict(tmp_path):
     from icm.errors import UserError
     from icm.evaluation.config import load_experiment
