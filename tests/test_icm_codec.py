@@ -7,7 +7,7 @@ import torch
 
 from decode_probe import assert_same_decode, save_job
 from icm.bitstream import Bitstream
-from icm.codecs.icm_codec import STRIDE, GainUnit, ICMCodec, ICMNet, _interpolate
+from icm.codecs.icm_codec import DEFAULT_CONFIG, STRIDE, GainUnit, ICMCodec, ICMNet, _interpolate
 from icm.codecs.learned import pad, to_image, to_tensor
 from icm.errors import BitstreamError, CodecUnavailable, UserError
 
@@ -162,6 +162,24 @@ def test_rate_control_is_continuous(images):
         with pytest.raises(UserError):
             codec.check_rate(**bad)
     assert codec.estimate_bits(images[0], {"rate": 0.5}) > 0
+
+
+def test_the_default_sweep_is_the_weights_gain_levels(tmp_path):
+    """Between two levels the gains are interpolated, which training never saw: the default points sit
+    on the levels, as many as the weights have, and `icm codecs` lists the shipped weights' ones."""
+    from icm.builtin.codecs import SHIPPED_GAIN_LEVELS
+    from icm.codecs import describe_codec, open_codec
+    from icm.plugins import get_plugins
+
+    net = ICMNet(**{**DEFAULT_CONFIG, "num_gains": 4})
+    torch.save(net.state_dict(), tmp_path / "four.pth")
+    codec = ICMCodec(checkpoint=str(tmp_path / "four.pth"), device="cpu")
+    assert codec.default_rates() == [{"rate": 0.0}, {"rate": 0.3333}, {"rate": 0.6667}, {"rate": 1.0}]
+    assert codec.rate_control.default_points == (0.0, 0.3333, 0.6667, 1.0)
+    for name in SHIPPED_GAIN_LEVELS:
+        listed = describe_codec(get_plugins().codecs.entry(name))["default_points"]
+        assert listed == [r["rate"] for r in open_codec(name).default_rates()], name
+        assert len(listed) == SHIPPED_GAIN_LEVELS[name] and listed[0] == 0.0 and listed[-1] == 1.0
 
 
 def test_bpp_is_monotonic_in_rate_after_a_little_training(trained, images):

@@ -7,12 +7,14 @@ Learned codecs register by name with a lazy factory and their rate control, so l
 import importlib.util
 
 from icm import hookimpl
-from icm.codecs import RateControl
+from icm.codecs import RateControl, gain_level_rates
 from icm.codecs.architectures import ARCHITECTURES
 from icm.registry import Lazy
 
 COMPRESSAI_INSTALL = "pip install 'icm[learned]' && pip install --no-deps compressai==1.2.8"
-OMNI_RATES = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
+# How many gain levels each shipped continuous-rate codec's weights have: `icm codecs` lists the
+# default sweep (the trained levels) without loading them; a test checks them against the weights.
+SHIPPED_GAIN_LEVELS = {"icm-omni": 7, "icm-omni-mse": 6, "icm-omni-aux": 7, "icm-omni-features": 6}
 
 
 def compressai_missing() -> str | None:
@@ -63,10 +65,12 @@ def icm_register_codecs(register):
                          "icm-omni plus the trained auxiliary scalable stream (decode-time beta; RDC §3.3-3.4)"),
     }
     for name, (bound, description) in omni.items():
-        register(name, Lazy("icm.codecs.icm_codec:ICMCodec", **bound), kind="learned", rate_control=OMNI_RATES,
+        register(name, Lazy("icm.codecs.icm_codec:ICMCodec", **bound), kind="learned",
+                 rate_control=gain_level_rates(SHIPPED_GAIN_LEVELS[name]),
                  unavailable_reason=_shipped_weights_missing(name, ["model.pth"]), description=description)
     register("icm-omni-features", Lazy("icm.codecs.omni_features:OmniFeaturesCodec"), kind="features",
-             rate_control=OMNI_RATES, unavailable_reason=_shipped_weights_missing("icm-omni-features", ["model.pth"]),
+             rate_control=gain_level_rates(SHIPPED_GAIN_LEVELS["icm-omni-features"]),
+             unavailable_reason=_shipped_weights_missing("icm-omni-features", ["model.pth"]),
              description="Omni-ICM feature codec: codes ResNet-18 stride-4 features (split resnet18w32.layer1); "
                          "feature-reading tasks read them, a decoder gives pixels")
     from icm.codecs.anchors import HEVC

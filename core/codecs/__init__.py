@@ -51,6 +51,13 @@ class RateControl:
         return ", ".join(parts)
 
 
+def gain_level_rates(levels: int) -> RateControl:
+    """Continuous rate 0..1 (icm's own codecs) whose default sweep is the ``levels`` trained gain
+    levels k/(levels-1), to 4 places: the rate is JSON text in every file's header."""
+    points = tuple(round(k / max(levels - 1, 1), 4) for k in range(levels))
+    return RateControl("rate", None, True, points, continuous=True)
+
+
 class Codec(ABC):
     """Base class. Subclasses set ``name``, ``version``, ``kind``, ``rate_control`` and implement
     ``encode_streams`` / ``decode_streams``. Learned codecs also implement ``forward``."""

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from icm.codecs import Codec, RateControl, entropy_guard
+from icm.codecs import Codec, entropy_guard, gain_level_rates
 from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_images, to_tensors
 from icm.errors import BitstreamError, UserError
 
@@ -423,8 +423,14 @@ class ShippedWeights:
         self.version = "1-cai" + ".".join(compressai.__version__.split(".")[:2])
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.device = torch.device(device) if device else default_device()
-        self.rate_control = RateControl("rate", None, True, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), continuous=True)
+        self.rate_control = gain_level_rates(0)  # no sweep until the weights tell their levels: default_rates()
         self._hash = b""
+
+    def default_rates(self) -> list[dict]:
+        """The trained gain levels of these weights: between two levels the gains are interpolated,
+        which no training step saw."""
+        self.rate_control = gain_level_rates(self.net.config["num_gains"])
+        return super().default_rates()
 
     def weights_file(self) -> Path | None:
         if self.weights == "random":
