@@ -128,14 +128,15 @@ def test_cli_a_config_without_checkpoint_needs_weights_random(tiny_shapes, tmp_p
     assert json.loads((tmp_path / "o" / "results.json").read_text())["experiment"]["tasks"][0]["weights"] == "random"
 
 
-@pytest.mark.parametrize("flag", [["--rates", "rate=0.5"], ["--checkpoint", "model.pth"]])
-def test_cli_rates_or_checkpoint_with_a_config_need_codec(tmp_path, flag):
-    """They used to be dropped in silence when the config listed the codecs: a run of other rates or
-    weights than asked for. Refused before any work, with the way out."""
+@pytest.mark.parametrize("args", [["--config", "CONFIG", "--rates", "rate=0.5"], ["--config", "CONFIG", "--checkpoint", "m.pth"],
+                                  ["--checkpoint", "m.pth"]])
+def test_cli_rates_or_checkpoint_without_codec_are_refused(tmp_path, args):
+    """They used to be dropped in silence (a config's codecs, or the default codecs for --checkpoint):
+    a run of other rates or weights than asked for. Refused before any work, with the way out."""
     path = tmp_path / "exp.toml"
     path.write_text('anchors = ["jpeg"]\nreference = "jpeg"\n\n[[codecs]]\nname = "jpeg"\n')
-    proc = run_icm("evaluate", "--config", path, *flag, "--out", tmp_path / "o")
-    assert_user_error(proc, f"{flag[0]} applies to the --codec codecs")
+    proc = run_icm("evaluate", *[str(path) if a == "CONFIG" else a for a in args], "--out", tmp_path / "o")
+    assert_user_error(proc, f"{args[-2]} applies to the --codec codecs")
     assert not (tmp_path / "o").exists()
 
 

@@ -71,10 +71,12 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
         plugins.tasks.entry(t.name)  # unknown task -> one-line error now, not after encoding
     rate_list = parse_rates(rates) if rates else None
     options = {"checkpoint": checkpoint} if checkpoint else {}
-    if (rates or checkpoint) and not codecs and exp.codecs:  # silently evaluating other rates is worse
-        flag = "--rates" if rates else "--checkpoint"
-        raise UserError(f"{flag} applies to the --codec codecs; with a config name them (--codec NAME), "
-                        f"or set it under the config's [[codecs]]")
+    # Dropping them in silence would evaluate other rates or weights than asked for. --rates alone also
+    # sets the default codecs' rates; --checkpoint needs a learned codec named.
+    if (rates and not codecs and exp.codecs) or (checkpoint and not codecs):
+        flag = "--rates" if rates and exp.codecs else "--checkpoint"
+        raise UserError(f"{flag} applies to the --codec codecs: name them (--codec NAME), "
+                        f"or set it under a config's [[codecs]]")
     if codecs:
         exp.codecs = [CodecSpec(n, rates=rate_list, options=options) for n in codecs]
     elif not exp.codecs:
