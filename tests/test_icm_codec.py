@@ -182,6 +182,23 @@ def test_the_default_sweep_is_the_weights_gain_levels(tmp_path):
         assert len(listed) == SHIPPED_GAIN_LEVELS[name] and listed[0] == 0.0 and listed[-1] == 1.0
 
 
+def test_a_checkpoint_with_too_many_gain_levels_is_refused(tmp_path):
+    """Each level is a default rate point: a crafted file must not plan a million of them."""
+    from icm.codecs.icm_codec import MAX_GAIN_LEVELS
+
+    state = ICMNet(**DEFAULT_CONFIG).state_dict()
+    levels = MAX_GAIN_LEVELS + 1
+    for unit in ("gain_y", "gain_z"):
+        channels = state[f"{unit}.log_gain0"].shape[0]
+        state[f"{unit}.log_steps"] = torch.zeros(levels - 1, channels)
+        state[f"{unit}.log_inv_gain"] = torch.zeros(levels, channels)
+    torch.save(state, tmp_path / "many.pth")
+    with pytest.raises(ValueError, match="gain levels"):
+        ICMNet.from_state_dict(state)
+    with pytest.raises(UserError, match="does not fit"):
+        ICMCodec(checkpoint=str(tmp_path / "many.pth"), device="cpu").default_rates()
+
+
 def test_bpp_is_monotonic_in_rate_after_a_little_training(trained, images):
     codec = ICMCodec(checkpoint=str(trained[0]), device="cpu")
     for img in images:

@@ -19,7 +19,7 @@ import toy_task
 from conftest import REPO
 from icm import hookimpl
 from icm.codecs import Codec, RateControl
-from icm.codecs.icm_codec import GainUnit
+from icm.codecs.icm_codec import MAX_GAIN_LEVELS, GainUnit
 from icm.datasets import load_dataset
 from icm.errors import UserError
 from icm.tasks import Batch
@@ -532,11 +532,14 @@ def test_icm_omni_grows_gain_levels_below_its_init_and_resumes(toy, shapes, tmp_
     # a run from the grown weights on the 6-level codec (icm-omni-aux's case) takes the 7 levels
     train(config("next", init=str(tmp_path / "grown")), progress=False)
     assert torch.load(tmp_path / "next" / "model.pth", weights_only=True)["gain_y.log_inv_gain"].shape[0] == 7
-    # a crafted init whose gain table has no levels is refused in one line, not built
-    crafted = {k: (v[:0] if k == "gain_y.log_inv_gain" else v) for k, v in before.items()}
-    torch.save(crafted, tmp_path / "crafted.pth")
-    with pytest.raises(UserError, match="shape of gain_y.log_inv_gain differs"):
-        train(config("crafted", init=str(tmp_path / "crafted.pth")), progress=False)
+    # a crafted init whose gain table has no levels, or more than a codec may have, is refused in one
+    # line, not built
+    table = before["gain_y.log_inv_gain"]
+    for levels in (0, MAX_GAIN_LEVELS + 1):
+        crafted = {**before, "gain_y.log_inv_gain": table[:1].repeat(levels, 1)}
+        torch.save(crafted, tmp_path / "crafted.pth")
+        with pytest.raises(UserError, match="shape of gain_y.log_inv_gain differs"):
+            train(config("crafted", init=str(tmp_path / "crafted.pth")), progress=False)
     with pytest.raises(UserError, match="new_low_gains"):
         config("bad", init=str(tmp_path / "parent"), codec={"new_low_gains": [0.0]})
     with pytest.raises(UserError, match="set init"):

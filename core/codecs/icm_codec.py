@@ -53,6 +53,9 @@ def _inv_softplus(v):
     return math.log(math.expm1(v))
 
 
+MAX_GAIN_LEVELS = 64  # each is a default rate point (ShippedWeights.default_rates)
+
+
 class GainUnit(nn.Module):
     """``num_gains`` per-channel gain vectors G_0..G_{N-1} and inverse gains, interpolated by rate.
 
@@ -64,8 +67,8 @@ class GainUnit(nn.Module):
 
     def __init__(self, num_gains: int, channels: int, step: float = 0.5 * math.log(2.0)):
         super().__init__()
-        if num_gains < 1:
-            raise ValueError("num_gains must be at least 1")
+        if not 1 <= num_gains <= MAX_GAIN_LEVELS:  # a crafted checkpoint must not ask for a million levels
+            raise ValueError(f"{num_gains} gain levels (1..{MAX_GAIN_LEVELS})")
         self.num_gains, self.channels = num_gains, channels
         self.log_gain0 = nn.Parameter(torch.full((channels,), -step * (num_gains - 1) / 2))
         self.log_steps = nn.Parameter(torch.full((num_gains - 1, channels), _inv_softplus(step)))
@@ -89,6 +92,8 @@ class GainUnit(nn.Module):
         exact values; training then places the new ones."""
         if self.num_gains < 2:
             raise ValueError("a unit with one gain level has no step to continue")
+        if self.num_gains + len(distances) > MAX_GAIN_LEVELS:
+            raise ValueError(f"more than {MAX_GAIN_LEVELS} gain levels")
         with torch.no_grad():
             table, inv = self.log_table(), self.log_inv_gain
             below = torch.tensor(sorted(distances, reverse=True), dtype=table.dtype, device=table.device)[:, None]
@@ -215,7 +220,7 @@ class ICMNet(CompressionModel):
         weights with another number of rate levels than the codec's own)."""
         table = state.get("gain_y.log_inv_gain")
         levels = int(table.shape[0]) if isinstance(table, torch.Tensor) and table.ndim == 2 else 0
-        if levels >= 1 and levels != self.config["num_gains"]:  # else loading reports the shape that differs
+        if 1 <= levels <= MAX_GAIN_LEVELS and levels != self.config["num_gains"]:  # else loading reports the shape that differs
             for unit in self.gain_units():
                 unit.resize(levels)
             self.config["num_gains"] = levels

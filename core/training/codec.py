@@ -305,7 +305,10 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     if grow:
         if not hasattr(net, "add_low_gains"):
             raise UserError(f"codec.new_low_gains: {trainable.codec.name!r} has no gain levels to extend")
-        net.add_low_gains(grow)
+        try:
+            net.add_low_gains(grow)
+        except ValueError as exc:  # e.g. past the most gain levels a codec may have
+            raise UserError(f"codec.new_low_gains: {exc}") from None
     repair_likelihood_bounds(net)
     if hasattr(net, "update"):
         net.update(force=True)
