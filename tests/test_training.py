@@ -408,6 +408,34 @@ def test_resume_refuses_when_the_init_weights_were_replaced(toy, shapes, tmp_pat
     assert train(config("child", child), resume=False, progress=False)["start_epoch"] == 1
 
 
+def test_a_run_does_not_depend_on_what_drew_from_the_global_rngs_before_it(toy, shapes, tmp_path, monkeypatch):
+    """A chain link used to train differently after another link in the same `icm train` command: the
+    task models' first build in a process draws from the global RNGs (a later build does not), and the
+    run was seeded before that build. The same config must give the same weights either way."""
+    import random
+
+    import icm.training.loop as loop
+
+    def run(name):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(CONFIG.format(dataset=shapes, out=tmp_path / name, extra="reevaluate = false\ncrop = 32\nhflip = true"))
+        cfg = load_config(path)
+        cfg.epochs = 1
+        train(cfg, progress=False)
+        return torch.load(tmp_path / name / "model.pth", weights_only=True)
+
+    quiet = run("quiet")
+    build = loop.build_adapters
+
+    def noisy_build(cfg, device):  # as a first build in a process does
+        torch.rand(97), np.random.rand(5), random.random()
+        return build(cfg, device)
+
+    monkeypatch.setattr(loop, "build_adapters", noisy_build)
+    noisy = run("noisy")
+    assert quiet.keys() == noisy.keys() and all(torch.equal(quiet[k], noisy[k]) for k in quiet)
+
+
 class FakeOmni(Codec):
     """A continuous-rate codec for the test: a factorized CompressAI model behind a crude gain unit."""
 

@@ -9,10 +9,12 @@ import io
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -55,6 +57,13 @@ def pick_device(requested: str | None) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """torch's, numpy's and Python's global RNGs, as mmengine's set_random_seed does."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def build_adapters(cfg: TrainConfig, device) -> dict:
@@ -108,7 +117,6 @@ class Run:
             for name in ("log.json", "plot.png", "pareto.json"):
                 (self.out / name).unlink(missing_ok=True)
         _barrier(self.world)
-        torch.manual_seed(cfg.seed * 7919 + self.rank)
         self.train_ds, self.val_ds = load_dataset(cfg.dataset, cfg.train_split), load_dataset(cfg.dataset, cfg.val_split)
         self.train_images = self.train_ds.images[: cfg.train_limit] if cfg.train_limit else self.train_ds.images
         self.val_images = self.val_ds.images[: cfg.val_limit] if cfg.val_limit else self.val_ds.images
@@ -116,6 +124,10 @@ class Run:
         for a in self.adapters.values():
             a.bind(self.train_ds)
         self.losses = {t: build_loss(t, spec.options) for t, spec in cfg.losses.items()}
+        # seeded here, after the task models are built: their first build in a process draws from the global
+        # RNGs (a later one does not), so a chain link's init and batches used to depend on what ran before
+        # it in the same `icm train` command
+        seed_everything(cfg.seed * 7919 + self.rank)
         if cfg.backend:  # the codec is frozen; the task's back end trains (its init is the reader's checkpoint)
             self.trainable = C.open_backend_for_training(cfg, self.device, self.adapters)
             self.adapters[cfg.backend].bind(self.train_ds)
