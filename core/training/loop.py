@@ -125,8 +125,8 @@ class Run:
             a.bind(self.train_ds)
         self.losses = {t: build_loss(t, spec.options) for t, spec in cfg.losses.items()}
         # seeded here, after the task models are built: their first build in a process draws from the global
-        # RNGs (a later one does not), so a chain link's init and batches used to depend on what ran before
-        # it in the same `icm train` command
+        # RNGs (a later one does not), so a chain link's random init, sampled rates and crops used to depend
+        # on what ran before it in the same `icm train` command
         seed_everything(cfg.seed * 7919 + self.rank)
         if cfg.backend:  # the codec is frozen; the task's back end trains (its init is the reader's checkpoint)
             self.trainable = C.open_backend_for_training(cfg, self.device, self.adapters)
