@@ -255,6 +255,18 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
+def _raised_at(exc: BaseException) -> str:
+    """Where an unexpected exception came from (last two path parts and the line): without a
+    traceback, the one place a bug report can start from."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    where = frames[-1]
+    return f"; raised at {'/'.join(Path(where.filename).parts[-2:])}:{where.lineno}"
+
+
 def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
@@ -263,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="icm", standalone_mode=False, obj={"argv": argv})
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, EOFError):  # click turns EOFError into Abort; it is no Ctrl-C
-            click.echo(f"icm: error: unexpected end of input ({str(exc.__context__).strip()[:200] or 'EOF'})", err=True)
+            eof = exc.__context__
+            click.echo(f"icm: error: unexpected end of input ({str(eof).strip()[:200] or 'EOF'}{_raised_at(eof)})", err=True)
             sys.exit(1)
         click.echo("icm: aborted", err=True)
         sys.exit(130)
