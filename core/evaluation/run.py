@@ -21,7 +21,7 @@ from icm.codecs import open_codec
 from icm.datasets import load_dataset
 from icm.errors import IcmError
 from icm.evaluation.config import Experiment
-from icm.evaluation.engine import ORIGINAL, PREVIOUS, Engine, write_json
+from icm.evaluation.engine import ORIGINAL, PREVIOUS, Engine, leave_together, write_json
 from icm.evaluation.report import png_bytes, write_report
 from icm.evaluation.summary import analyse, point_rows, task_rows
 from icm.images import load_image
@@ -105,7 +105,8 @@ def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
     start, start_cpu = time.time(), time.process_time()
     engine = Engine(exp, progress)
     result = engine.run(dataset)
-    if not result:  # not rank 0
+    if not result:  # not rank 0: wait for its report, then every rank leaves together
+        leave_together()
         return None
     result["provenance"] = provenance(exp)
     rows = point_rows(result)
@@ -126,5 +127,6 @@ def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
                                       "points": rows, "metrics": result["metrics"], "analysis": analysis,
                                       "provenance": result["provenance"]})
     shutil.rmtree(out / PREVIOUS, ignore_errors=True)  # this run's outputs are all written
+    leave_together()
     return {"out": str(out), "analysis": analysis, "counters": result["counters"], "wall_seconds": result["wall_seconds"],
             "metrics": result["metrics"], "strict": exp.strict, "timing": timing}
