@@ -98,7 +98,7 @@ def leave_together() -> None:
     """The end of a run on every rank, after rank 0's last write. A rank that returned early (the
     others had nothing left to do once the scores were gathered) tore its gloo pairs down while rank
     0 was still writing the report, and a rank then died of SIGABRT in gloo's threads ("terminate
-    called without an active exception"), as `icm train` once did: 1 in about 20 label-free runs."""
+    called without an active exception"), as `icm train` once did: a few label-free runs in a hundred."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
