@@ -21,7 +21,7 @@ from tqdm import tqdm
 from icm.bitstream import atomic_write_bytes
 from icm.datasets import load_dataset
 from icm.errors import IcmError, UserError
-from icm.evaluation.engine import _jsonable, dist_setup, gather, write_json
+from icm.evaluation.engine import _jsonable, dist_setup, gather, leave_together, write_json
 from icm.plugins import get_plugins
 from icm.tasks import Batch
 from icm.training import codec as C
@@ -435,12 +435,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, on_epoch
     """Train (or resume) the run described by ``cfg``; returns a summary on rank 0, None elsewhere."""
     run = Run(cfg, resume=resume, progress=progress, on_epoch_end=on_epoch_end)
     summary = run.run()
-    if run.world > 1:  # only on success: a failed rank never reaches a barrier, and its peers are stopped
-        # every rank leaves together: rank 1 used to return (and exit, tearing its gloo pairs down) while
-        # rank 0 was still writing, and a CI run saw a rank die of SIGABRT in gloo's threads. The group
-        # stays up for a chain's next run (re-initialising it under torchrun hangs); `icm train` tears it
-        # down after the last one (teardown_process_group).
-        torch.distributed.barrier()
+    # only on success: a failed rank never reaches a barrier, and its peers are stopped. Every rank leaves
+    # together: rank 1 used to return (and exit, tearing its gloo pairs down) while rank 0 was still
+    # writing, and a CI run saw a rank die of SIGABRT in gloo's threads. The group stays up for a chain's
+    # next run (re-initialising it under torchrun hangs); `icm train` tears it down after the last one
+    # (teardown_process_group).
+    leave_together()
     return summary
 
 
