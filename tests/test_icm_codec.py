@@ -148,7 +148,7 @@ def test_round_trip_equals_the_eval_forward(images):
     for img in images[:1] + images[2:]:
         for rate in (0.0, 0.25, 0.5, 0.77, 1.0):
             bs = codec.to_bitstream(img, rate=rate)
-            assert bs.rate == {"rate": rate} and sorted(bs.streams) == ["hyper", "main"]
+            assert bs.rate == {"rate": rate} and sorted(bs.streams) == ["main"]
             decoded = codec.from_bitstream(Bitstream.from_bytes(bs.to_bytes()))
             assert decoded.shape == img.shape and decoded.dtype == np.uint8
             assert np.abs(decoded.astype(int) - _eval_forward(codec, img, rate).astype(int)).max() <= 1
@@ -212,16 +212,16 @@ def test_bpp_is_monotonic_in_rate_after_a_little_training(trained, images):
 
 def test_aux_stream_task_only_decode_and_beta(trained, images):
     full = {beta: ICMCodec(checkpoint=str(trained[1]), device="cpu", aux=True, beta=beta) for beta in (1.0, 0.5, 0.0)}
-    task = ICMCodec(checkpoint=str(trained[1]), device="cpu")  # aux=False: codes and reads main + hyper
+    task = ICMCodec(checkpoint=str(trained[1]), device="cpu")  # aux=False: codes and reads main
     assert len({c.weights_hash({}) for c in (*full.values(), task)}) == 1
     gains = []
     for img in images:
         for rate in (0.3, 1.0):
             bs = full[0.0].to_bitstream(img, rate=rate)
-            assert sorted(bs.streams) == ["aux", "hyper", "main"]
-            task_only = Bitstream.from_bytes(bs.to_bytes(["main", "hyper"]))
-            assert bs.bpp(["main", "hyper"]) == task_only.bpp() < bs.bpp()
-            assert task_only.streams == task.to_bitstream(img, rate=rate).streams  # same main/hyper bytes
+            assert sorted(bs.streams) == ["aux", "main"]
+            task_only = Bitstream.from_bytes(bs.to_bytes(["main"]))
+            assert bs.bpp(["main"]) == task_only.bpp() < bs.bpp()
+            assert task_only.streams == task.to_bitstream(img, rate=rate).streams  # the same main bytes
             x1 = task.from_bitstream(task_only)
             # beta = 1 ignores aux; without aux every beta gives x_hat1
             assert np.array_equal(full[1.0].from_bitstream(bs), x1)
@@ -241,8 +241,23 @@ def test_unknown_stream_is_a_bitstream_error(images):
     codec = ICMCodec(weights="random", device="cpu")
     bs = codec.to_bitstream(images[0], rate=0.5)
     bs.streams["extra"] = b"x"
-    with pytest.raises(BitstreamError, match="streams"):
+    with pytest.raises(BitstreamError, match=r"needs stream main \(and optionally aux\), got \['extra', 'main'\]"):
         codec.from_bitstream(bs)
+
+
+def test_a_format_1_file_is_refused_by_its_version(images):
+    """Format 1 coded z in a stream "hyper" of its own; format 2 codes z and y in one string, so the
+    codec version changed and a format-1 file is refused in one line rather than misread."""
+    codec = ICMCodec(weights="random", device="cpu")
+    assert codec.version.startswith("2-cai")
+    bs = codec.to_bitstream(images[0], rate=0.5)
+    main = bs.streams["main"]
+    bs.streams = {"main": main[8:], "hyper": main[:8]}  # a format-1 layout
+    with pytest.raises(BitstreamError, match="needs stream main"):
+        codec.from_bitstream(bs)
+    bs.codec_version = "1" + codec.version[1:]
+    with pytest.raises(BitstreamError, match=r"version '1-cai.*', this is version '2-cai"):
+        codec.from_bitstream(Bitstream.from_bytes(bs.to_bytes()))
 
 
 def test_same_symbols_and_pixels_across_processes_and_thread_counts(trained, images, tmp_path):

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from icm.codecs import Codec, entropy_guard, gain_level_rates
+from icm.codecs import Codec, entropy_guard, gain_level_rates, joint_rans
 from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_images, to_tensors
 from icm.errors import BitstreamError, UserError
 
@@ -39,7 +39,7 @@ with warnings.catch_warnings():  # compressai's import trips torch's jit.script 
 
 STRIDE = 32  # y at 1/8, z at 1/32 (the aux stream at 1/16): images are padded to a multiple of this
 DEFAULT_CONFIG = dict(N=96, M=64, Nh=64, num_gains=6, aux_channels=64, aux_latent=32, res_channels=48)
-STREAMS = ("main", "hyper", "aux")
+STREAMS = ("main", "aux")  # format 1 had z in its own stream "hyper"
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -346,16 +346,20 @@ class ICMNet(CompressionModel):
     # -- coding --------------------------------------------------------------------------------------
     @torch.no_grad()
     def compress(self, x: torch.Tensor, rate: float, aux: bool = False) -> dict[str, bytes]:
-        """One image (1,3,H,W), H and W multiples of 32 -> {"main", "hyper"(, "aux")} byte strings.
+        """One image (1,3,H,W), H and W multiples of 32 -> {"main"(, "aux")} byte strings.
         Needs ``update()`` first (the codec does it)."""
         if x.shape[0] != 1:
             raise ValueError("compress codes one image at a time (compress_batch codes several)")
         return self.compress_batch(x, rate, aux)[0]
 
+    def _z_medians(self) -> torch.Tensor:
+        return self.entropy_bottleneck._get_medians().detach().reshape(-1, 1, 1)
+
     @torch.no_grad()
     def compress_batch(self, x: torch.Tensor, rate: float, aux: bool = False) -> list[dict[str, bytes]]:
-        """(B,3,H,W) at one rate -> one {"main", "hyper"(, "aux")} dict per image; the entropy coders
-        code each image on its own, so every dict is a complete file's streams."""
+        """(B,3,H,W) at one rate -> one {"main"(, "aux")} dict per image; the entropy coders code each
+        image on its own, so every dict is a complete file's streams. ``main`` holds z, then y, in one
+        rANS string (``joint_rans``)."""
         if aux and not self.aux:
             raise ValueError("this ICMNet has no aux branch")
         B = x.shape[0]
@@ -365,15 +369,18 @@ class ICMNet(CompressionModel):
         y = self.g_a(x)
         y_g = y * g_y
         z_g = self.h_a(y_g) * g_z
-        hyper = self.entropy_bottleneck.compress(z_g)
-        # the hyperprior comes from the decoded z, exactly as the decoder will compute it
-        z_g_hat = self.entropy_bottleneck.decompress(hyper, z_g.shape[-2:])
-        means, scales = self._hyper(z_g_hat * ig_z)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        main = self.gaussian_conditional.compress(y_g, indexes, means=means)
-        out = [{"main": main[i], "hyper": hyper[i]} for i in range(B)]
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        medians = self._z_medians()
+        z_symbols = eb.quantize(z_g, "symbols", medians)
+        # the hyperprior comes from the quantised z, exactly as the decoder will compute it
+        means, scales = self._hyper(eb.dequantize(z_symbols, medians) * ig_z)
+        indexes = gc.build_indexes(scales)
+        y_symbols = gc.quantize(y_g, "symbols", means)
+        z_indexes = eb._build_indexes(z_g.size())
+        out = [{"main": joint_rans.encode([(eb, z_symbols[i], z_indexes[i]), (gc, y_symbols[i], indexes[i])])}
+               for i in range(B)]
         if aux:
-            y_hat = self.gaussian_conditional.quantize(y_g, "dequantize", means) * ig_y
+            y_hat = gc.quantize(y_g, "dequantize", means) * ig_y
             g_a, _ = self.gain_aux(rate)
             for d, s in zip(out, self.aux_bottleneck.compress(self.aux_a(y - y_hat) * g_a)):
                 d["aux"] = s
@@ -399,10 +406,16 @@ class ICMNet(CompressionModel):
         beta = float(self._per_sample(beta, 1, device, "beta")[0])
         _, ig_y = self.gain_y(rate)
         _, ig_z = self.gain_z(rate)
-        z_g_hat = self.entropy_bottleneck.decompress([s["hyper"] for s in streams], (H // self.stride, W // self.stride))
-        means, scales = self._hyper(z_g_hat * ig_z)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_hat = self.gaussian_conditional.decompress([s["main"] for s in streams], indexes, means=means) * ig_y
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        medians = self._z_medians()
+        z_indexes = eb._build_indexes((1, len(medians), H // self.stride, W // self.stride)).to(device)
+        y_hats = []
+        for i, one in enumerate(streams):
+            reader = joint_rans.Reader(one["main"], z_indexes.numel() + self.config["M"] * (H * 4 // self.stride) * (W * 4 // self.stride), "stream 'main'")
+            z_g_hat = eb.dequantize(reader.read(eb, z_indexes), medians)
+            means, scales = self._hyper(z_g_hat * ig_z[i:i + 1])
+            y_hats.append(gc.dequantize(reader.read(gc, gc.build_indexes(scales)), means) * ig_y[i:i + 1])
+        y_hat = torch.cat(y_hats)
         x_main, feats = self._decode(y_hat)
         if beta == 1.0 or not all("aux" in s for s in streams):
             return x_main
@@ -417,7 +430,10 @@ class ICMNet(CompressionModel):
 class ShippedWeights:
     """Weights of icm's own continuous-rate codecs: ``checkpoint`` (a state dict), else the shipped
     configs/codecs/<name>/model.pth; ``weights="random"`` for seeded untrained weights. Also sets the
-    name, version (the CompressAI minor version: its entropy coder), device and rate control."""
+    name, version (``<format_version>-cai<CompressAI minor version>``: the payload layout and the
+    entropy coder), device and rate control."""
+
+    format_version = 2  # 1: z in a stream "hyper" of its own; 2: z, then y, in one rANS string "main"
 
     def _init_weights(self, name: str, checkpoint: str | None, weights: str, device: str | None) -> None:
         if weights not in ("pretrained", "random"):
@@ -425,7 +441,7 @@ class ShippedWeights:
         if weights == "random" and checkpoint:
             raise UserError("--weights random and --checkpoint contradict each other; give one")
         self.name, self.weights = name, weights
-        self.version = "1-cai" + ".".join(compressai.__version__.split(".")[:2])
+        self.version = f"{self.format_version}-cai" + ".".join(compressai.__version__.split(".")[:2])
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.device = torch.device(device) if device else default_device()
         self.rate_control = gain_level_rates(0)  # no sweep until the weights tell their levels: default_rates()
@@ -461,7 +477,7 @@ class ICMCodec(ShippedWeights, Codec):
 
     ``aux=True`` adds the ``aux`` stream when encoding; decoding uses it only when ``decode_beta < 1``
     (``beta`` option, default 1: the task-oriented image). Dropping ``aux`` from a file
-    (``Bitstream.to_bytes(["main", "hyper"])``) leaves a valid task-only file. Weights: ``checkpoint``,
+    (``Bitstream.to_bytes(["main"])``) leaves a valid task-only file. Weights: ``checkpoint``,
     else configs/codecs/<name>/model.pth; ``weights="random"`` gives seeded untrained weights (with
     the aux branch, so the weights hash does not depend on ``aux``).
     """
@@ -486,7 +502,7 @@ class ICMCodec(ShippedWeights, Codec):
             if self.aux and not net.aux:
                 raise UserError(f"{self.weights_file()} has no aux branch; it cannot encode with aux=True")
             net.update(force=True)
-            entropy_guard.guard(net, {"entropy_bottleneck": "hyper", "gaussian_conditional": "main", "aux_bottleneck": "aux"})
+            entropy_guard.guard(net, {"entropy_bottleneck": "main", "gaussian_conditional": "main", "aux_bottleneck": "aux"})
             self._net = net.to(self.device).eval()
             self._hash = tensor_hash(self._net.state_dict())
         return self._net
@@ -541,11 +557,11 @@ class ICMCodec(ShippedWeights, Codec):
         net = self.net
         for one in streams:
             names = set(one)
-            if not {"main", "hyper"} <= names or not names <= set(STREAMS):
-                raise BitstreamError(f"{self.name} needs streams main, hyper (and optionally aux), got {sorted(names)}")
-            # the streams whose latent size the header alone fixes are checked before any latent is allocated
-            entropy_guard.check_bottleneck(net.entropy_bottleneck, one["hyper"], (size[0] // STRIDE, size[1] // STRIDE),
-                                           "stream 'hyper'")
+            if "main" not in names or not names <= set(STREAMS):
+                raise BitstreamError(f"{self.name} needs stream main (and optionally aux), got {sorted(names)}")
+            # z, at the start of main, has a size the header alone fixes: checked before any latent is allocated
+            entropy_guard.check_bottleneck(net.entropy_bottleneck, one["main"], (size[0] // STRIDE, size[1] // STRIDE),
+                                           "stream 'main'")
             if "aux" in one and self.decode_beta < 1 and net.aux:
                 entropy_guard.check_bottleneck(net.aux_bottleneck, one["aux"], (size[0] // 16, size[1] // 16), "stream 'aux'")
         # every file is checked before any is decoded; then one synthesis pass per file, so the pixels

@@ -216,7 +216,7 @@ class OmniFeaturesCodec(ShippedWeights, FeatureCodec):
             self.require_available()
             net = self._build()
             net.update(force=True)
-            entropy_guard.guard(net.compressor, {"entropy_bottleneck": "hyper", "gaussian_conditional": "main"})
+            entropy_guard.guard(net.compressor, {"entropy_bottleneck": "main", "gaussian_conditional": "main"})
             self._net = net.to(self.device).eval()
             self._hash = tensor_hash(self._net.state_dict())
         return self._net
@@ -275,12 +275,13 @@ class OmniFeaturesCodec(ShippedWeights, FeatureCodec):
 
     def decode_feature_streams(self, streams, rate, shape):
         names = set(streams)
-        if names != {"main", "hyper"}:
-            raise BitstreamError(f"{self.name} needs streams main and hyper, got {sorted(names)}")
+        if names != {"main"}:
+            raise BitstreamError(f"{self.name} needs stream main, got {sorted(names)}")
         _, h, w = shape
         comp = self.net.compressor
-        entropy_guard.check_bottleneck(comp.entropy_bottleneck, streams["hyper"], (h // comp.stride, w // comp.stride),
-                                       "stream 'hyper'")
+        # z, at the start of main (ICMNet.compress_batch), is checked before any latent is allocated
+        entropy_guard.check_bottleneck(comp.entropy_bottleneck, streams["main"], (h // comp.stride, w // comp.stride),
+                                       "stream 'main'")
         return comp.decompress(streams, (h, w), rate["rate"])
 
     @torch.no_grad()
