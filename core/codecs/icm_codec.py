@@ -409,9 +409,10 @@ class ICMNet(CompressionModel):
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         medians = self._z_medians()
         z_indexes = eb._build_indexes((1, len(medians), H // self.stride, W // self.stride)).to(device)
+        symbols = z_indexes.numel() + self.config["M"] * (H * 4 // self.stride) * (W * 4 // self.stride)  # z + y
         y_hats = []
         for i, one in enumerate(streams):
-            reader = joint_rans.Reader(one["main"], z_indexes.numel() + self.config["M"] * (H * 4 // self.stride) * (W * 4 // self.stride), "stream 'main'")
+            reader = joint_rans.Reader(one["main"], symbols, "stream 'main'")
             z_g_hat = eb.dequantize(reader.read(eb, z_indexes), medians)
             means, scales = self._hyper(z_g_hat * ig_z[i:i + 1])
             y_hats.append(gc.dequantize(reader.read(gc, gc.build_indexes(scales)), means) * ig_y[i:i + 1])
