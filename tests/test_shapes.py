@@ -205,3 +205,19 @@ def test_shapes_1k_extends_val_without_changing_it(tmp_path):
     for name in ("train/images/000000.png", "val/images/000000.png", "val/images/000001.png", "val/semantic/000001.png"):
         assert (small / name).read_bytes() == (large / name).read_bytes()
     assert len(load_dataset(large, split="val")) == 4
+
+
+def test_shapes_holdout_shares_no_image_with_shapes(tmp_path):
+    """`shapes-holdout` is for choosing among trained runs: none of its images may be one that
+    reports results (shapes val, the first 100 of shapes-1k val), and it has no train split."""
+    from icm.builtin.datasets import shapes_holdout
+    from icm.plugins import Plugins
+
+    assert Plugins().load().datasets.entry("shapes-holdout").plugin == "icm.builtin.datasets"
+    held = shapes_holdout("val", root=tmp_path / "held")
+    assert len(held) == 500
+    with pytest.raises(UserError, match="train/images does not exist"):
+        shapes_holdout("train", root=tmp_path / "held")
+    digest = lambda ds: {hashlib.sha256(Path(s["file_name"]).read_bytes()).hexdigest() for s in ds.images}
+    assert len(digest(held)) == 500
+    assert not digest(held) & digest(load_dataset("shapes", split="val"))

@@ -29,12 +29,19 @@ def shapes_1k(split: str = "val", root: str | Path | None = None):
     return _shapes(split, root, "shapes-1k", val=1000)
 
 
-def _shapes(split, root, name: str, val: int):
+def shapes_holdout(split: str = "val", root: str | Path | None = None):
+    """500 ``shapes`` val images from another seed (1), none of them in ``shapes`` or ``shapes-1k``,
+    and no train split: for choosing among trained runs without choosing on the images that report
+    the results (docs/icm_codec.md, "Link 13 chosen on a held-out set")."""
+    return _shapes(split, root, "shapes-holdout", val=500, train=0, seed=1)
+
+
+def _shapes(split, root, name: str, val: int, train: int = 800, seed: int = 0):
     from icm.datasets import Dataset
     from icm.datasets.shapes import generate
 
     root = Path(root) if root else data_home() / name
-    generate(root, val=val)  # images are seeded per (seed, split, index), so val grows without changing
+    generate(root, train=train, val=val, seed=seed)  # images are seeded per (seed, split, index): val grows unchanged
     return Dataset.from_folder(root, split)
 
 
@@ -44,6 +51,8 @@ def icm_register_datasets(register):
                                            "benchmark; generated on first use into $ICM_DATA/shapes")
     register("shapes-1k", shapes_1k, description="shapes with 1,000 val images (the first 100 are shapes val) "
                                                  "for finer metrics; generated on first use into $ICM_DATA/shapes-1k")
+    register("shapes-holdout", shapes_holdout, description="500 more shapes val images from another seed, in no "
+                                                           "other shapes set, for choosing among trained runs")
 
 
 @hookimpl
