@@ -29,7 +29,7 @@ import torch
 from icm.errors import BitstreamError
 
 WORD = 4
-_PADDINGS = (b"\x00", b"\x11")  # 0x11: no nibble is 15, so a bypass read in the padding ends at once
+PADDINGS = (b"\x00", b"\x11")  # 0x11: no nibble is 15, so a bypass read in the padding ends at once
 
 
 def min_bits(model) -> np.ndarray:
@@ -57,6 +57,23 @@ def check_budget(string: bytes, bits_needed: float, symbols: int, what: str) -> 
                              f"implies (they need at least {math.ceil(bits_needed / 8):,} bytes)")
 
 
+def cheapest_bits(model, idx: np.ndarray, what: str) -> float:
+    """The fewest bits the symbols at CDF indexes ``idx`` (int64) can cost; an index outside the
+    model's tables is refused."""
+    table = min_bits(model)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(table)):
+        raise BitstreamError(f"{what}: CDF index out of range")
+    return float(table[idx].sum())
+
+
+def check_agree(first: list, second: list, string: bytes, symbols: int, what: str) -> list:
+    """The two padded decodes of ``string`` must agree, else it ends before its ``symbols``."""
+    if first != second:
+        raise BitstreamError(f"{what}: {len(string)} bytes end before the {symbols:,} symbols the header's size "
+                             f"implies")
+    return first
+
+
 def check_bottleneck(model, string: bytes, spatial: tuple[int, int], what: str) -> None:
     """Before decoding: an EntropyBottleneck stream of ``spatial`` positions (one CDF per channel)."""
     string = check_words(string, what)
@@ -81,17 +98,11 @@ class GuardedCoder:
 
     def decode_with_indexes(self, string, indexes, *tables):
         string = check_words(string, self.what)
-        table = min_bits(self._model)
         idx = np.asarray(indexes, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(table)):
-            raise BitstreamError(f"{self.what}: CDF index out of range")
-        check_budget(string, float(table[idx].sum()), int(idx.size), self.what)
+        check_budget(string, cheapest_bits(self._model, idx, self.what), int(idx.size), self.what)
         first, second = (self._coder.decode_with_indexes(padded(string, idx.size, fill), indexes, *tables)
-                         for fill in _PADDINGS)
-        if first != second:
-            raise BitstreamError(f"{self.what}: {len(string)} bytes end before the {idx.size:,} symbols the "
-                                 f"header's size implies")
-        return first
+                         for fill in PADDINGS)
+        return check_agree(first, second, string, int(idx.size), self.what)
 
 
 def guard(net: torch.nn.Module, streams: dict[str, str]) -> torch.nn.Module:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from icm.codecs.entropy_guard import _PADDINGS, check_budget, check_words, min_bits, padded
-from icm.errors import BitstreamError
+from icm.codecs.entropy_guard import PADDINGS, check_agree, check_budget, check_words, cheapest_bits, padded
 
 
 def _tables(model) -> tuple[list, list, list]:
@@ -45,7 +44,7 @@ class Reader:
 
         self.string, self.what = check_words(string, what), what
         self._decoders = []
-        for fill in _PADDINGS:
+        for fill in PADDINGS:
             decoder = RansDecoder()
             decoder.set_stream(padded(self.string, symbols, fill))  # set_stream keeps its own copy
             self._decoders.append(decoder)
@@ -53,16 +52,11 @@ class Reader:
 
     def read(self, model, indexes: torch.Tensor) -> torch.Tensor:
         """The next group's symbols, shaped like ``indexes`` (int32)."""
-        table = min_bits(model)
         idx = indexes.reshape(-1).to(torch.int64).cpu().numpy()
-        if idx.size and (idx.min() < 0 or idx.max() >= len(table)):
-            raise BitstreamError(f"{self.what}: CDF index out of range")
-        self._bits += float(table[idx].sum())
+        self._bits += cheapest_bits(model, idx, self.what)
         self._symbols += int(idx.size)
         check_budget(self.string, self._bits, self._symbols, self.what)
         tables = _tables(model)
-        first, second = (d.decode_stream(idx.tolist(), *tables) for d in self._decoders)
-        if first != second:
-            raise BitstreamError(f"{self.what}: {len(self.string)} bytes end before the {self._symbols:,} symbols "
-                                 f"the header's size implies")
-        return torch.tensor(np.asarray(first, dtype=np.int32)).reshape(indexes.shape).to(indexes.device)
+        values = check_agree(*(d.decode_stream(idx.tolist(), *tables) for d in self._decoders),
+                             self.string, self._symbols, self.what)
+        return torch.tensor(np.asarray(values, dtype=np.int32)).reshape(indexes.shape).to(indexes.device)
