@@ -62,6 +62,11 @@ def test_bad_rates_are_user_errors(kwargs, message, natural_images):
         open_codec("jpeg").encode(natural_images[0], **kwargs)
 
 
+def test_a_continuous_codec_without_a_rate_names_the_rate_flag():
+    with pytest.raises(UserError, match=r"'icm-omni' needs --rate \(rate 0\.\.1"):
+        open_codec("icm-omni").check_rate()
+
+
 def test_vvc_without_any_backend_is_unavailable_with_a_reason(monkeypatch, natural_images):
     monkeypatch.setattr(anchors, "ffmpeg_exe", lambda: None)
     monkeypatch.setenv("PATH", "/nonexistent")

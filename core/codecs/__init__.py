@@ -100,7 +100,8 @@ class Codec(ABC):
             out["rate"] = round(float(rate), 6)
         else:
             if quality is None:
-                raise UserError(f"codec {self.name!r} needs --quality ({rc.describe()})")
+                flags = " or ".join(f for f, has in (("--quality", rc.values), ("--rate", rc.continuous)) if has)
+                raise UserError(f"codec {self.name!r} needs {flags} ({rc.describe()})")
             try:
                 q = int(quality)
             except (TypeError, ValueError, OverflowError):
