@@ -90,7 +90,8 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
                          ("icm_omni_5_six_tasks", "icm_omni_4_low_rates"), ("icm_omni_7_gains", "icm_omni_6_det_x2"),
                          ("icm_omni_8_whole", "icm_omni_7_gains"), ("icm_omni_9_gains", "icm_omni_8_whole"),
                          ("icm_omni_10_low_gain", "icm_omni_9_gains"), ("icm_omni_11_gains", "icm_omni_10_low_gain"),
-                         ("icm_omni_12_whole", "icm_omni_11_gains"), ("icm_omni_13_gains", "icm_omni_12_whole")):
+                         ("icm_omni_12_whole", "icm_omni_11_gains"), ("icm_omni_13_gains", "icm_omni_12_whole"),
+                         ("icm_omni_14_whole", "icm_omni_13_gains"), ("icm_omni_15_gains", "icm_omni_14_whole")):
         cfg, _ = runs[link]
         assert Path(cfg.init) == Path(runs[parent][0].out)
         log = (Path(cfg.out) / "log.json").read_text()
@@ -107,7 +108,8 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
         return torch.load(Path(runs[config][0].out) / "model.pth", weights_only=True)
 
     for link, parent in (("icm_omni_7_gains", "icm_omni_6_det_x2"), ("icm_omni_9_gains", "icm_omni_8_whole"),
-                         ("icm_omni_11_gains", "icm_omni_10_low_gain"), ("icm_omni_13_gains", "icm_omni_12_whole")):
+                         ("icm_omni_11_gains", "icm_omni_10_low_gain"), ("icm_omni_13_gains", "icm_omni_12_whole"),
+                         ("icm_omni_15_gains", "icm_omni_14_whole")):
         gains, before = final(link), final(parent)
         assert torch.equal(gains["g_a.0.weight"], before["g_a.0.weight"]) and torch.equal(gains["h_s.0.weight"], before["h_s.0.weight"])
         assert not torch.equal(gains["gain_y.log_steps"], before["gain_y.log_steps"])
@@ -116,8 +118,9 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     assert final("icm_omni_9_gains")["gain_y.log_inv_gain"].shape[0] == 6
     assert final("icm_omni_10_low_gain")["gain_y.log_inv_gain"].shape[0] == 7
     assert not torch.equal(final("icm_omni_10_low_gain")["g_a.0.weight"], final("icm_omni_9_gains")["g_a.0.weight"])
-    assert not torch.equal(final("icm_omni_12_whole")["g_a.0.weight"], final("icm_omni_11_gains")["g_a.0.weight"])
-    exported = torch.load(runs["icm_omni_13_gains"][0].export, weights_only=True)
+    for whole, parent in (("icm_omni_12_whole", "icm_omni_11_gains"), ("icm_omni_14_whole", "icm_omni_13_gains")):
+        assert not torch.equal(final(whole)["g_a.0.weight"], final(parent)["g_a.0.weight"])
+    exported = torch.load(runs["icm_omni_15_gains"][0].export, weights_only=True)
     assert exported["gain_y.log_inv_gain"].shape[0] == 7
     exporters = [p.stem for p in CONFIGS if (e := load_config(p).export) and Path(e).parent.name == "icm-omni"]
-    assert exporters == ["icm_omni_13_gains"]  # one link writes the shipped weights
+    assert exporters == ["icm_omni_15_gains"]  # one link writes the shipped weights
