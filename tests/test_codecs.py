@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from icm.bitstream import Bitstream
-from icm.codecs import anchors, open_codec
+from icm.codecs import RateControl, anchors, open_codec
 from icm.codecs.learned import ARCHITECTURES, to_image, to_tensor
 from icm.errors import BitstreamError, CodecUnavailable, UserError
 from icm.images import psnr
@@ -65,6 +65,12 @@ def test_bad_rates_are_user_errors(kwargs, message, natural_images):
 def test_a_continuous_codec_without_a_rate_names_the_rate_flag():
     with pytest.raises(UserError, match=r"'icm-omni' needs --rate \(rate 0\.\.1"):
         open_codec("icm-omni").check_rate()
+
+
+def test_a_rate_control_with_no_way_to_set_the_rate_is_refused_at_definition():
+    with pytest.raises(ValueError, match="discrete range .* or continuous"):
+        RateControl("quality", None, True, ())
+    assert RateControl("rate", None, True, (0.0, 1.0), continuous=True).describe() == "rate 0..1 (continuous)"
 
 
 def test_vvc_without_any_backend_is_unavailable_with_a_reason(monkeypatch, natural_images):

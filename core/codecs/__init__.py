@@ -39,6 +39,12 @@ class RateControl:
     continuous: bool = False
     scales: tuple[float, ...] = (1.0,)
 
+    def __post_init__(self):
+        # a codec author's mistake, caught when the codec is defined rather than as an empty
+        # "needs ..." message when a user leaves the rate out
+        if self.values is None and not self.continuous:
+            raise ValueError(f"RateControl({self.param!r}): give a discrete range (values) or continuous=True")
+
     def describe(self) -> str:
         parts = []
         if self.values:
