@@ -122,6 +122,8 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
         assert not torch.equal(final(whole)["g_a.0.weight"], final(parent)["g_a.0.weight"])
     # link 15 adds an eighth level below link 14's seven in its gains-only pass, and exports 8
     assert final("icm_omni_14_whole")["gain_y.log_inv_gain"].shape[0] == 7
+    # ...and trains the old seven too (their shapes match the parent's, so this is not the new row)
+    assert not torch.equal(final("icm_omni_15_gains")["gain_y.log_inv_gain"][1:], final("icm_omni_14_whole")["gain_y.log_inv_gain"])
     exported = torch.load(runs["icm_omni_15_gains"][0].export, weights_only=True)
     assert exported["gain_y.log_inv_gain"].shape[0] == exported["gain_z.log_inv_gain"].shape[0] == 8
     exporters = [p.stem for p in CONFIGS if (e := load_config(p).export) and Path(e).parent.name == "icm-omni"]
