@@ -112,7 +112,9 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
                          ("icm_omni_15_gains", "icm_omni_14_whole")):
         gains, before = final(link), final(parent)
         assert torch.equal(gains["g_a.0.weight"], before["g_a.0.weight"]) and torch.equal(gains["h_s.0.weight"], before["h_s.0.weight"])
-        assert not torch.equal(gains["gain_y.log_steps"], before["gain_y.log_steps"])
+        # the parent's levels are the last rows (a link that adds levels puts them first)
+        steps = before["gain_y.log_steps"]
+        assert not torch.equal(gains["gain_y.log_steps"][-steps.shape[0]:], steps)
     assert not torch.equal(final("icm_omni_8_whole")["g_a.0.weight"], final("icm_omni_7_gains")["g_a.0.weight"])
     # link 10 adds one gain level below link 9's and trains the whole model; what it exports has 7
     assert final("icm_omni_9_gains")["gain_y.log_inv_gain"].shape[0] == 6
@@ -122,7 +124,7 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
         assert not torch.equal(final(whole)["g_a.0.weight"], final(parent)["g_a.0.weight"])
     # link 15 adds an eighth level below link 14's seven in its gains-only pass, and exports 8
     assert final("icm_omni_14_whole")["gain_y.log_inv_gain"].shape[0] == 7
-    # ...and trains the old seven too (their shapes match the parent's, so this is not the new row)
+    # ...and trains the old seven's inverse gains too (the rows after the new one)
     assert not torch.equal(final("icm_omni_15_gains")["gain_y.log_inv_gain"][1:], final("icm_omni_14_whole")["gain_y.log_inv_gain"])
     exported = torch.load(runs["icm_omni_15_gains"][0].export, weights_only=True)
     assert exported["gain_y.log_inv_gain"].shape[0] == exported["gain_z.log_inv_gain"].shape[0] == 8
