@@ -101,6 +101,7 @@ def test_default_parameter_count_is_le_sized():
     assert counts["aux_branch"] < counts["primary"] / 3
     no_aux = ICMNet(aux=False)
     assert sum(p.numel() for p in no_aux.parameters()) == counts["primary"] + 3 * 64  # + z quantiles
+    assert sum(p.numel() for p in ICMNet(context=True).context.parameters()) == 295_488  # docs/icm_codec.md
 
 
 def test_latent_is_one_eighth_and_decoding_has_no_autoregressive_context():
@@ -108,6 +109,55 @@ def test_latent_is_one_eighth_and_decoding_has_no_autoregressive_context():
     out = net(torch.rand(1, 3, 64, 96), 0.5)
     assert out["y"].shape[-2:] == (8, 12) and out["x_hat"].shape == (1, 3, 64, 96)
     assert not any("context" in n for n, _ in net.named_modules())
+
+
+def test_a_checkerboard_context_decodes_what_the_forward_gives_at_the_bits_it_estimates(images):
+    """y coded in two halves: the anchors with the hyperprior alone, the rest with means and scales
+    refined from the decoded anchors. The file decodes to the eval forward's x_hat, its size is the
+    likelihoods' estimate, and the anchors' entropy model is the hyperprior's."""
+    torch.manual_seed(2)
+    net = ICMNet(**SMALL, context=True).eval()
+    with torch.no_grad():  # a context that is not the identity (its residual layer starts at zero)
+        net.context.params[-1].weight.normal_(0, 0.05)
+    net.update(force=True)
+    x = pad(to_tensor(images[2], "cpu"), STRIDE)
+    for rate in (0.0, 0.6, 1.0):
+        streams = net.compress(x, rate)
+        with torch.no_grad():
+            out = net(x, rate)
+        bits = sum(float(-torch.log2(v).sum()) for v in out["likelihoods"].values())
+        assert torch.allclose(net.decompress(streams, x.shape[-2:], rate), out["x_hat"], atol=1e-4)
+        assert abs(len(streams["main"]) * 8 - bits) <= 0.05 * bits + 96
+    means, scales = torch.randn(2, 1, SMALL["M"], 4, 6)
+    refined_means, refined_scales = net.context(means, scales, torch.randn(1, SMALL["M"], 4, 6))
+    anchor = net.context.anchors(4, 6, "cpu")
+    assert anchor.sum() == 12 and not anchor[0, 1] and anchor[1, 1]
+    assert torch.equal(refined_means[..., anchor], means[..., anchor]) and torch.equal(refined_scales[..., anchor], scales[..., anchor])
+    assert not torch.equal(refined_means[..., ~anchor], means[..., ~anchor])
+    # weights tell whether there is a context: from_state_dict finds it, fit_state adds and removes it
+    assert ICMNet.from_state_dict(net.state_dict()).config["context"]
+    plain = ICMNet(**SMALL)
+    plain.fit_state(net.state_dict())
+    plain.load_state_dict(net.state_dict())
+    plain.fit_state(ICMNet(**SMALL).state_dict())
+    assert plain.context is None and not plain.config["context"]
+
+
+def test_a_new_context_starts_as_the_plain_hyperprior(images):
+    """Added to trained weights, the context must not change them: the same latents, the same bits
+    (in another order), the same pixels."""
+    torch.manual_seed(3)
+    plain = ICMNet(**SMALL).eval()
+    ctx = ICMNet(**SMALL, context=True).eval()
+    missing = ctx.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("context.") for k in missing)
+    plain.update(force=True)
+    ctx.update(force=True)
+    x = pad(to_tensor(images[0], "cpu"), STRIDE)
+    for rate in (0.0, 1.0):
+        a, b = plain.compress(x, rate), ctx.compress(x, rate)
+        assert abs(len(a["main"]) - len(b["main"])) <= 8
+        assert torch.equal(plain.decompress(a, x.shape[-2:], rate), ctx.decompress(b, x.shape[-2:], rate))
 
 
 def test_gains_are_monotone_in_rate_by_construction():
@@ -264,10 +314,13 @@ def test_same_symbols_and_pixels_across_processes_and_thread_counts(trained, ima
     img = np.ascontiguousarray(np.concatenate([images[0], images[1]], axis=1))  # 64x192
     random = ICMCodec(weights="random", device="cpu")
     with_aux = ICMCodec(checkpoint=str(trained[1]), device="cpu", aux=True, beta=0.0)
+    shipped = ICMCodec(device="cpu")  # with its checkerboard context: y's second half's CDFs come from the first
+    assert shipped.net.context is not None
     assert_same_decode([
         save_job(random, random.to_bitstream(img, rate=0.6), tmp_path / "0.icm", weights="random"),
         save_job(with_aux, with_aux.to_bitstream(img, rate=0.8), tmp_path / "1.icm",
                  checkpoint=str(trained[1]), beta=0.0),
+        save_job(shipped, shipped.to_bitstream(img, rate=0.3), tmp_path / "2.icm"),
     ])
 
 

@@ -574,6 +574,43 @@ def test_icm_omni_grows_gain_levels_below_its_init_and_resumes(toy, shapes, tmp_
         config("bad", codec={"new_low_gains": [1.0]})
 
 
+def test_icm_omni_adds_a_context_model_to_its_init_and_trains_only_it(toy, shapes, tmp_path):
+    """codec.new_context gives the init's weights a checkerboard context model; with train_modules =
+    ["context"] nothing else moves. A later run from those weights keeps the context; a run from weights
+    without one has none, whatever the codec's own weights have."""
+    def config(name, **extra):
+        codec = {"name": "icm-omni", "options": {"weights": "random"}, "rates": [0.0, 1.0], "val_rates": [0.0],
+                 "rate_sampling": "uniform", "per_sample_rates": True, **extra.pop("codec", {})}
+        return parse_config({"codec": codec, "tasks": ["colour"], "losses": {"rate": 0.01, "mse": 1.0},
+                             "dataset": str(shapes), "epochs": 1, "batch_size": 4, "eval_batch_size": 4, "lr": 1e-2,
+                             "train_limit": 8, "val_limit": 4, "reevaluate": False, "out": str(tmp_path / name), **extra})
+
+    train(config("parent", codec={"train_modules": ["g_s"]}), progress=False)
+    child = config("child", init=str(tmp_path / "parent"), losses={"rate": 1.0},
+                   codec={"new_context": True, "train_modules": ["context", "gaussian_conditional"]})
+    summary = train(child, progress=False)
+    before = torch.load(tmp_path / "parent" / "model.pth", weights_only=True)
+    after = torch.load(tmp_path / "child" / "model.pth", weights_only=True)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert sorted({k.split(".")[0] for k in set(after) - set(before)}) == ["context"]
+    # its last layer starts at zero; both halves trained: the means' rows (the gradient the noise of a
+    # gaussian_conditional in training mode gives; rounding gives none) and the scales'
+    d_means, d_scales = after["context.params.4.weight"].chunk(2)
+    assert d_means.abs().sum() > 0 and d_scales.abs().sum() > 0
+    assert summary["history"][0]["losses"].keys() == {"rate"}
+    from icm.codecs.icm_codec import ICMCodec
+
+    codec = ICMCodec(checkpoint=str(tmp_path / "child" / "model.pth"), device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert codec.net.context is not None and codec.from_bitstream(codec.to_bitstream(image, rate=0.5)).shape == image.shape
+    train(config("next", init=str(tmp_path / "child"), codec={"train_modules": ["g_s"]}), progress=False)
+    assert "context.ctx.weight" in torch.load(tmp_path / "next" / "model.pth", weights_only=True)
+    # the codec's own weights (here the child's) have a context, the init has none: the run has none
+    own = {"options": {"checkpoint": str(tmp_path / "child" / "model.pth")}, "train_modules": ["context"]}
+    with pytest.raises(UserError, match="no submodule 'context'"):
+        train(config("plain", init=str(tmp_path / "parent"), codec=own), progress=False)
+
+
 def test_a_run_saved_before_a_config_key_existed_still_resumes():
     """A finished chain link must not be refused after icm gains a config key: it trained with the default."""
     from icm.training.loop import _changed_keys, plain

@@ -91,7 +91,8 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
                          ("icm_omni_8_whole", "icm_omni_7_gains"), ("icm_omni_9_gains", "icm_omni_8_whole"),
                          ("icm_omni_10_low_gain", "icm_omni_9_gains"), ("icm_omni_11_gains", "icm_omni_10_low_gain"),
                          ("icm_omni_12_whole", "icm_omni_11_gains"), ("icm_omni_13_gains", "icm_omni_12_whole"),
-                         ("icm_omni_14_whole", "icm_omni_13_gains"), ("icm_omni_15_gains", "icm_omni_14_whole")):
+                         ("icm_omni_14_whole", "icm_omni_13_gains"), ("icm_omni_15_gains", "icm_omni_14_whole"),
+                         ("icm_omni_16_context", "icm_omni_15_gains")):
         cfg, _ = runs[link]
         assert Path(cfg.init) == Path(runs[parent][0].out)
         log = (Path(cfg.out) / "log.json").read_text()
@@ -126,7 +127,14 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     assert final("icm_omni_14_whole")["gain_y.log_inv_gain"].shape[0] == 7
     # ...and trains the old seven's inverse gains too (the rows after the new one)
     assert not torch.equal(final("icm_omni_15_gains")["gain_y.log_inv_gain"][1:], final("icm_omni_14_whole")["gain_y.log_inv_gain"])
-    exported = torch.load(runs["icm_omni_15_gains"][0].export, weights_only=True)
+    # link 16 adds a checkerboard context model to link 15 and trains only it: every other tensor is link 15's
+    before, after = final("icm_omni_15_gains"), final("icm_omni_16_context")
+    new = sorted(set(after) - set(before))
+    assert not any(k.startswith("context.") for k in before) and new and all(k.startswith("context.") for k in new)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert after["context.params.4.weight"].abs().sum() > 0  # its residual layer starts at zero, so it trained
+    exported = torch.load(runs["icm_omni_16_context"][0].export, weights_only=True)
     assert exported["gain_y.log_inv_gain"].shape[0] == exported["gain_z.log_inv_gain"].shape[0] == 8
+    assert "context.ctx.weight" in exported
     exporters = [p.stem for p in CONFIGS if (e := load_config(p).export) and Path(e).parent.name == "icm-omni"]
-    assert exporters == ["icm_omni_15_gains"]  # one link writes the shipped weights
+    assert exporters == ["icm_omni_16_context"]  # one link writes the shipped weights

@@ -2,7 +2,9 @@
 optional scalable residual stream. Design and training contract: docs/icm_codec.md.
 
 * Main codec after Le et al. (thesis §3.1-3.2): ~1.5M parameters, latent at 1/8 resolution, a mean
-  and scale hyperprior and no autoregressive context, so decoding is a few parallel convolutions.
+  and scale hyperprior. Optionally (``context=True``) He et al.'s checkerboard context: y is coded in
+  two halves, the second's means and scales refined from the first, so decoding stays two parallel
+  passes (no serial autoregression).
 * Continuous rate after Cui et al. / RDC §3.2: ``num_gains`` learned per-channel gain vectors (and
   inverse gains) for y and z, ``y_hat = Q(y * G) * G_inv``; a rate ``alpha`` in [0, 1] picks a point
   between two neighbouring vectors by exponential (log-linear) interpolation.
@@ -123,6 +125,36 @@ def _interpolate(table: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     return (1 - frac) * table[lo] + frac * table[lo + 1]
 
 
+class CheckerboardContext(nn.Module):
+    """He et al. 2021 (CVPR, "Checkerboard context model"): the anchor half of y (positions with
+    i + j even) is coded with the hyperprior's means and scales alone; the other half's are refined
+    from the decoded anchors by a 5x5 convolution and three 1x1 layers (Minnen et al.'s entropy
+    parameters). The refinement is residual and its last layer starts at zero, so a context added to
+    trained weights starts as exactly the hyperprior it refines. CompressAI's models have no
+    checkerboard (only the serial MaskedConv2d context), so this glue is ours."""
+
+    def __init__(self, M: int):
+        super().__init__()
+        self.ctx = nn.Conv2d(M, 2 * M, 5, padding=2)
+        self.params = nn.Sequential(nn.Conv2d(4 * M, 3 * M, 1), nn.LeakyReLU(inplace=True),
+                                    nn.Conv2d(3 * M, 2 * M, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(2 * M, 2 * M, 1))
+        nn.init.zeros_(self.params[-1].weight)
+        nn.init.zeros_(self.params[-1].bias)
+
+    @staticmethod
+    def anchors(height: int, width: int, device) -> torch.Tensor:
+        """(height, width) bool: True where y is coded first, without context."""
+        i = torch.arange(height, device=device)
+        return (i[:, None] + torch.arange(width, device=device)[None]) % 2 == 0
+
+    def forward(self, means: torch.Tensor, scales: torch.Tensor, y_anchor_hat: torch.Tensor):
+        """The hyperprior's means and scales, and y_hat as decoded so far (only its anchors are
+        read) -> means and scales for all of y; at the anchors they stay the hyperprior's."""
+        anchor = self.anchors(*means.shape[-2:], means.device)
+        d_means, d_scales = self.params(torch.cat([means, scales, self.ctx(y_anchor_hat * anchor)], 1)).chunk(2, 1)
+        return torch.where(anchor, means, means + d_means), torch.where(anchor, scales, scales * torch.exp(d_scales))
+
+
 class ResidualNet(nn.Module):
     """R(y2): transposed convolutions back to full resolution, with the main decoder's 1/4 and 1/2
     features mixed in through point-wise convolutions (RDC §3.3). The last layer starts at zero, so an
@@ -152,18 +184,19 @@ class ICMNet(CompressionModel):
 
     def __init__(self, N: int = 96, M: int = 64, Nh: int = 64, num_gains: int = 6, aux: bool = True,
                  aux_channels: int = 64, aux_latent: int = 32, res_channels: int = 48,
-                 train_quant: str = "noise"):
+                 train_quant: str = "noise", context: bool = False):
         super().__init__()
         if train_quant not in ("noise", "ste"):
             raise ValueError(f"train_quant must be 'noise' or 'ste', not {train_quant!r}")
         self.config = dict(N=N, M=M, Nh=Nh, num_gains=num_gains, aux=aux, aux_channels=aux_channels,
-                           aux_latent=aux_latent, res_channels=res_channels)
+                           aux_latent=aux_latent, res_channels=res_channels, context=context)
         self.train_quant = train_quant
         self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         self.g_s = nn.ModuleList([nn.Sequential(deconv(M, N), GDN(N, inverse=True)),
                                   nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
                                   deconv(N, 3)])
         self._add_hyperprior(M, Nh, num_gains)
+        self.set_context(context)
         self.aux = aux
         if aux:
             A, L = aux_channels, aux_latent
@@ -187,6 +220,15 @@ class ICMNet(CompressionModel):
         self.gain_z = GainUnit(num_gains, Nh)
         self.entropy_bottleneck = EntropyBottleneck(Nh)
         self.gaussian_conditional = GaussianConditional(None)
+        self.context = None
+
+    def set_context(self, on: bool) -> None:
+        """Add a checkerboard context model (zero-initialised: it starts as the plain hyperprior), or
+        remove it."""
+        if on != (self.context is not None):
+            self.context = CheckerboardContext(self.gain_y.log_gain0.shape[0]).to(self.gain_y.log_gain0.device) if on else None
+        if "context" in self.config:
+            self.config["context"] = on
 
     @classmethod
     def from_state_dict(cls, state: dict, **kwargs) -> "ICMNet":
@@ -197,9 +239,9 @@ class ICMNet(CompressionModel):
             Nh = state["h_a.0.weight"].shape[0]
             num_gains = state["gain_y.log_inv_gain"].shape[0]
             aux = "aux_a.0.weight" in state
-            extra = {}
+            extra = {"context": "context.ctx.weight" in state}
             if aux:
-                extra = dict(aux_channels=state["aux_a.0.weight"].shape[0],
+                extra.update(aux_channels=state["aux_a.0.weight"].shape[0],
                              aux_latent=state["aux_a.4.weight"].shape[0],
                              res_channels=state["aux_r.up1.weight"].shape[1])
         except (KeyError, IndexError, AttributeError) as exc:
@@ -216,8 +258,10 @@ class ICMNet(CompressionModel):
         return [self.gain_y, self.gain_z] + ([self.gain_aux] if self.aux else [])
 
     def fit_state(self, state: dict) -> None:
-        """Give the gain units as many levels as ``state`` has, so it loads (a run can start from
-        weights with another number of rate levels than the codec's own)."""
+        """Give the gain units as many levels as ``state`` has, and a context model exactly when it has
+        one, so it loads (a run can start from weights with another number of rate levels, or without
+        the context, than the codec's own)."""
+        self.set_context("context.ctx.weight" in state)
         table = state.get("gain_y.log_inv_gain")
         levels = int(table.shape[0]) if isinstance(table, torch.Tensor) and table.ndim == 2 else 0
         if 1 <= levels <= MAX_GAIN_LEVELS and levels != self.config["num_gains"]:  # else loading reports the shape that differs
@@ -315,6 +359,8 @@ class ICMNet(CompressionModel):
         if not self.entropy_bottleneck.training:
             z_g_hat = _ste(z_g, z_g_hat)
         means, scales = self._hyper(z_g_hat * ig_z)
+        if self.context is not None:  # the anchors as the decoder will have them when it reads the rest
+            means, scales = self.context(means, scales, _ste(y_g, torch.round(y_g - means) + means))
         y_g_hat, y_lik = self.gaussian_conditional(y_g, scales, means=means)
         if not self.gaussian_conditional.training or self.train_quant == "ste":
             y_g_hat = _ste(y_g, torch.round(y_g - means) + means)
@@ -355,11 +401,19 @@ class ICMNet(CompressionModel):
     def _z_medians(self) -> torch.Tensor:
         return self.entropy_bottleneck._get_medians().detach().reshape(-1, 1, 1)
 
+    def _y_halves(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The (h, w) masks of y coded one group after another: all of y, or the checkerboard's
+        anchors then the rest."""
+        if self.context is None:
+            return [torch.ones(y.shape[-2:], dtype=torch.bool, device=y.device)]
+        anchor = self.context.anchors(*y.shape[-2:], y.device)
+        return [anchor, ~anchor]
+
     @torch.no_grad()
     def compress_batch(self, x: torch.Tensor, rate: float, aux: bool = False) -> list[dict[str, bytes]]:
         """(B,3,H,W) at one rate -> one {"main"(, "aux")} dict per image; the entropy coders code each
-        image on its own, so every dict is a complete file's streams. ``main`` holds z, then y, in one
-        rANS string (``joint_rans``)."""
+        image on its own, so every dict is a complete file's streams. ``main`` holds z, then y (with a
+        context model: its anchors, then the rest), in one rANS string (``joint_rans``)."""
         if aux and not self.aux:
             raise ValueError("this ICMNet has no aux branch")
         B = x.shape[0]
@@ -374,10 +428,14 @@ class ICMNet(CompressionModel):
         z_symbols = eb.quantize(z_g, "symbols", medians)
         # the hyperprior comes from the quantised z, exactly as the decoder will compute it
         means, scales = self._hyper(eb.dequantize(z_symbols, medians) * ig_z)
+        if self.context is not None:  # anchors first; their decoded values refine the rest's entropy model
+            means, scales = self.context(means, scales, gc.dequantize(gc.quantize(y_g, "symbols", means), means))
         indexes = gc.build_indexes(scales)
         y_symbols = gc.quantize(y_g, "symbols", means)
         z_indexes = eb._build_indexes(z_g.size())
-        out = [{"main": joint_rans.encode([(eb, z_symbols[i], z_indexes[i]), (gc, y_symbols[i], indexes[i])])}
+        halves = self._y_halves(y_g)
+        out = [{"main": joint_rans.encode([(eb, z_symbols[i], z_indexes[i])] +
+                                          [(gc, y_symbols[i][:, h], indexes[i][:, h]) for h in halves])}
                for i in range(B)]
         if aux:
             y_hat = gc.quantize(y_g, "dequantize", means) * ig_y
@@ -415,7 +473,15 @@ class ICMNet(CompressionModel):
             reader = joint_rans.Reader(one["main"], symbols, "stream 'main'")
             z_g_hat = eb.dequantize(reader.read(eb, z_indexes), medians)
             means, scales = self._hyper(z_g_hat * ig_z[i:i + 1])
-            y_hats.append(gc.dequantize(reader.read(gc, gc.build_indexes(scales)), means) * ig_y[i:i + 1])
+            if self.context is None:
+                y_hats.append(gc.dequantize(reader.read(gc, gc.build_indexes(scales)), means) * ig_y[i:i + 1])
+                continue
+            anchor, rest = self._y_halves(means)
+            y_symbols = torch.zeros(means.shape, dtype=torch.int32, device=device)
+            y_symbols[:, :, anchor] = reader.read(gc, gc.build_indexes(scales)[:, :, anchor])
+            means, scales = self.context(means, scales, gc.dequantize(y_symbols, means))
+            y_symbols[:, :, rest] = reader.read(gc, gc.build_indexes(scales)[:, :, rest])
+            y_hats.append(gc.dequantize(y_symbols, means) * ig_y[i:i + 1])
         y_hat = torch.cat(y_hats)
         x_main, feats = self._decode(y_hat)
         if beta == 1.0 or not all("aux" in s for s in streams):

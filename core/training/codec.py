@@ -46,16 +46,24 @@ class Trainable(torch.nn.Module):
                 raise UserError(f"codec {codec.name!r} has no trainable model")
             self.net = codec.model(cfg.quality)
         repair_likelihood_bounds(self.net)
+        if cfg.new_context:
+            add_context(self)
         self.frozen: list[torch.nn.Module] = []
-        if cfg.train_modules:
-            children = dict(self.net.named_children())
-            unknown = [m for m in cfg.train_modules if m not in children]
-            if unknown:
-                raise UserError(f"codec.train_modules: {codec.name!r} has no submodule {unknown[0]!r} "
-                                f"(it has {', '.join(children)})")
-            self.frozen = [m for n, m in children.items() if n not in cfg.train_modules]
-            for m in self.frozen:
-                m.requires_grad_(False)
+        self.freeze()
+
+    def freeze(self) -> None:
+        """Freeze every submodule that ``codec.train_modules`` does not name. Called again after an
+        init has changed the module's structure (e.g. given it a context model)."""
+        if not self.cfg.train_modules:
+            return
+        children = dict(self.net.named_children())
+        unknown = [m for m in self.cfg.train_modules if m not in children]
+        if unknown:
+            raise UserError(f"codec.train_modules: {self.codec.name!r} has no submodule {unknown[0]!r} "
+                            f"(it has {', '.join(children)})")
+        self.frozen = [m for n, m in children.items() if n not in self.cfg.train_modules]
+        for n, m in children.items():
+            m.requires_grad_(n in self.cfg.train_modules)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -84,6 +92,12 @@ class Trainable(torch.nn.Module):
         frozen = {id(m) for f in self.frozen for m in f.modules()}
         losses = [m.loss() for m in self.net.modules() if id(m) not in frozen and _is_bottleneck(m)]
         return sum(losses) if losses else None
+
+
+def add_context(trainable: "Trainable") -> None:
+    if not hasattr(trainable.net, "set_context"):
+        raise UserError(f"codec.new_context: {trainable.codec.name!r} has no context model to add")
+    trainable.net.set_context(True)
 
 
 def _is_bottleneck(module) -> bool:
@@ -286,6 +300,8 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
         digest = tensor_hash(loaded).hex()
         if hasattr(net, "fit_state"):  # e.g. another number of gain levels than the codec's own weights
             net.fit_state(loaded)
+        if trainable.cfg.new_context:  # after fit_state, which gives the net the context the file has
+            add_context(trainable)
     fresh = fresh_module(net, seed)
     if hasattr(fresh, "update"):
         fresh.update(force=True)
@@ -312,6 +328,7 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     repair_likelihood_bounds(net)
     if hasattr(net, "update"):
         net.update(force=True)
+    trainable.freeze()  # the init may have added or removed submodules
     # a hash of the loaded tensors lets a resumed run notice that its init file was replaced
     return {"init": init, **({"weights_hash": digest} if digest else {}), "new_keys": len(missing),
             "new_modules": sorted({k.split(".")[0] for k in missing})}
