@@ -595,8 +595,9 @@ def test_icm_omni_adds_a_context_model_to_its_init_and_trains_only_it(toy, shape
     assert sorted({k.split(".")[0] for k in set(after) - set(before)}) == ["context"]
     # its last layer starts at zero; both halves trained: the means' rows (the gradient the noise of a
     # gaussian_conditional in training mode gives; rounding gives none) and the scales'
-    d_means, d_scales = after["context.params.4.weight"].chunk(2)
-    assert d_means.abs().sum() > 0 and d_scales.abs().sum() > 0
+    for group in (0, 1):
+        d_means, d_scales = after[f"context.params.{group}.4.weight"].chunk(2)
+        assert d_means.abs().sum() > 0 and d_scales.abs().sum() > 0
     assert summary["history"][0]["losses"].keys() == {"rate"}
     from icm.codecs.icm_codec import ICMCodec
 
@@ -604,7 +605,7 @@ def test_icm_omni_adds_a_context_model_to_its_init_and_trains_only_it(toy, shape
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     assert codec.net.context is not None and codec.from_bitstream(codec.to_bitstream(image, rate=0.5)).shape == image.shape
     train(config("next", init=str(tmp_path / "child"), codec={"train_modules": ["g_s"]}), progress=False)
-    assert "context.ctx.weight" in torch.load(tmp_path / "next" / "model.pth", weights_only=True)
+    assert "context.spatial.0.weight" in torch.load(tmp_path / "next" / "model.pth", weights_only=True)
     # the codec's own weights (here the child's) have a context, the init has none: the run has none
     own = {"options": {"checkpoint": str(tmp_path / "child" / "model.pth")}, "train_modules": ["context"]}
     with pytest.raises(UserError, match="no submodule 'context'"):

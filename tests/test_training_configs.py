@@ -132,9 +132,9 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     new = sorted(set(after) - set(before))
     assert not any(k.startswith("context.") for k in before) and new and all(k.startswith("context.") for k in new)
     assert all(torch.equal(after[k], v) for k, v in before.items())
-    assert after["context.params.4.weight"].abs().sum() > 0  # its residual layer starts at zero, so it trained
+    assert all(after[f"context.params.{g}.4.weight"].abs().sum() > 0 for g in (0, 1))  # they start at zero: it trained
     exported = torch.load(runs["icm_omni_16_context"][0].export, weights_only=True)
     assert exported["gain_y.log_inv_gain"].shape[0] == exported["gain_z.log_inv_gain"].shape[0] == 8
-    assert "context.ctx.weight" in exported
+    assert "context.spatial.0.weight" in exported
     exporters = [p.stem for p in CONFIGS if (e := load_config(p).export) and Path(e).parent.name == "icm-omni"]
     assert exporters == ["icm_omni_16_context"]  # one link writes the shipped weights

@@ -57,8 +57,8 @@ def icm_register_codecs(register):
              unavailable_reason=_shipped_weights_missing("icm-hyperprior-mse", [f"quality{q}.pth" for q in range(1, 5)]),
              description="shipped: hyperprior trained on shapes for MSE (4 qualities)")
     omni = {
-        "icm-omni": ({}, "icm's variable-rate ICM codec (rate 0..1, gain units, checkerboard context; aux=True adds "
-                         "the aux stream); shipped weights, --checkpoint FILE or --weights random"),
+        "icm-omni": ({}, "icm's variable-rate ICM codec (rate 0..1, gain units, channel and checkerboard context; "
+                         "aux=True adds the aux stream); shipped weights, --checkpoint FILE or --weights random"),
         "icm-omni-mse": ({"name": "icm-omni-mse"},
                          "the icm-omni architecture trained for rate + MSE only (stage A), the ablation baseline"),
         "icm-omni-aux": ({"name": "icm-omni-aux", "aux": True},

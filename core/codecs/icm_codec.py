@@ -2,9 +2,9 @@
 optional scalable residual stream. Design and training contract: docs/icm_codec.md.
 
 * Main codec after Le et al. (thesis §3.1-3.2): ~1.5M parameters, latent at 1/8 resolution, a mean
-  and scale hyperprior. Optionally (``context=True``) He et al.'s checkerboard context: y is coded in
-  two halves, the second's means and scales refined from the first, so decoding stays two parallel
-  passes (no serial autoregression).
+  and scale hyperprior. Optionally (``context=True``) a context model: y in two channel groups, each
+  in two checkerboard halves, every step's means and scales refined from the steps before it, so
+  decoding is four parallel passes (no serial autoregression).
 * Continuous rate after Cui et al. / RDC §3.2: ``num_gains`` learned per-channel gain vectors (and
   inverse gains) for y and z, ``y_hat = Q(y * G) * G_inv``; a rate ``alpha`` in [0, 1] picks a point
   between two neighbouring vectors by exponential (log-linear) interpolation.
@@ -114,6 +114,10 @@ class GainUnit(nn.Module):
                 _interpolate(self.log_inv_gain, rate).exp()[..., None, None])
 
 
+def _has_context(state: dict) -> bool:
+    return any(isinstance(k, str) and k.startswith("context.") for k in state)
+
+
 def _interpolate(table: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """Rows of ``table`` at position ``rate * (N - 1)``, linear between neighbours (log domain), (B, C)."""
     n = table.shape[0]
@@ -126,33 +130,75 @@ def _interpolate(table: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
 
 
 class CheckerboardContext(nn.Module):
-    """He et al. 2021 (CVPR, "Checkerboard context model"): the anchor half of y (positions with
-    i + j even) is coded with the hyperprior's means and scales alone; the other half's are refined
-    from the decoded anchors by a 5x5 convolution and three 1x1 layers (Minnen et al.'s entropy
-    parameters). The refinement is residual and its last layer starts at zero, so a context added to
-    trained weights starts as exactly the hyperprior it refines. CompressAI's models have no
-    checkerboard (only the serial MaskedConv2d context), so this glue is ours."""
+    """A two-pass-per-group context model: He et al. 2021's checkerboard ("Checkerboard context
+    model for efficient learned image compression") within each of ``GROUPS`` channel groups, the
+    groups coded one after another as in Minnen & Singh 2020's channel-conditional model (ELIC, He et
+    al. 2022, combines the two). Step by step: group g's anchors (positions with i + j even), then its
+    other half. A step's means and scales are the hyperprior's plus a residual from what the decoder
+    has by then: the decoded groups before g (a 3x3 convolution) and, for the second half, g's own
+    decoded anchors (a 5x5 convolution), mixed with the hyperprior's output by three 1x1 layers
+    (Minnen et al.'s entropy parameters). Each residual's last layer starts at zero, so a context added
+    to trained weights starts as exactly the hyperprior it refines. CompressAI has neither the
+    checkerboard nor channel groups for a gained, mean-scale latent, so this glue is ours."""
+
+    GROUPS = 2
 
     def __init__(self, M: int):
         super().__init__()
-        self.ctx = nn.Conv2d(M, 2 * M, 5, padding=2)
-        self.params = nn.Sequential(nn.Conv2d(4 * M, 3 * M, 1), nn.LeakyReLU(inplace=True),
-                                    nn.Conv2d(3 * M, 2 * M, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(2 * M, 2 * M, 1))
-        nn.init.zeros_(self.params[-1].weight)
-        nn.init.zeros_(self.params[-1].bias)
+        if M % self.GROUPS:
+            raise ValueError(f"a context model splits y's {M} channels into {self.GROUPS} equal groups")
+        C = M // self.GROUPS
+        self.spatial = nn.ModuleList(nn.Conv2d(C, 2 * C, 5, padding=2) for _ in range(self.GROUPS))
+        self.channel = nn.ModuleList(nn.Conv2d(g * C, 2 * C, 3, padding=1) for g in range(1, self.GROUPS))
+        self.params = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(2 * M + (4 if g else 2) * C, 6 * C, 1), nn.LeakyReLU(inplace=True),
+                          nn.Conv2d(6 * C, 4 * C, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(4 * C, 2 * C, 1))
+            for g in range(self.GROUPS))
+        for p in self.params:
+            nn.init.zeros_(p[-1].weight)
+            nn.init.zeros_(p[-1].bias)
 
     @staticmethod
     def anchors(height: int, width: int, device) -> torch.Tensor:
-        """(height, width) bool: True where y is coded first, without context."""
+        """(height, width) bool: True where a group is coded first, without its own spatial context."""
         i = torch.arange(height, device=device)
         return (i[:, None] + torch.arange(width, device=device)[None]) % 2 == 0
 
-    def forward(self, means: torch.Tensor, scales: torch.Tensor, y_anchor_hat: torch.Tensor):
-        """The hyperprior's means and scales, and y_hat as decoded so far (only its anchors are
-        read) -> means and scales for all of y; at the anchors they stay the hyperprior's."""
+    def steps(self, y: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+        """The coding order: (channel slice, (h, w) mask) per step."""
+        C = y.shape[1] // self.GROUPS
+        anchor = self.anchors(*y.shape[-2:], y.device)
+        return [(slice(g * C, (g + 1) * C), mask) for g in range(self.GROUPS) for mask in (anchor, ~anchor)]
+
+    def _step(self, g: int, means, scales, decoded: list, anchors_hat):
+        C = means.shape[1] // self.GROUPS
+        inputs = [means, scales]
+        if g:
+            inputs.append(self.channel[g - 1](torch.cat(decoded, 1)))
+        if anchors_hat is None:  # a group's anchors: no spatial context yet
+            inputs.append(means.new_zeros(means.shape[0], 2 * C, *means.shape[-2:]))
+        else:
+            inputs.append(self.spatial[g](anchors_hat))
+        d_means, d_scales = self.params[g](torch.cat(inputs, 1)).chunk(2, 1)
+        own = slice(g * C, (g + 1) * C)
+        return means[:, own] + d_means, scales[:, own] * torch.exp(d_scales)
+
+    def forward(self, means: torch.Tensor, scales: torch.Tensor, read):
+        """The hyperprior's means and scales -> (means, scales, y_hat) for all of y. ``read(channels,
+        mask, means, scales)`` returns y_hat of those channels (valid at ``mask``) given the entropy
+        model of that step: y rounded (training, encoding) or the symbols read from the file
+        (decoding). Every step's parameters use only what earlier steps returned."""
         anchor = self.anchors(*means.shape[-2:], means.device)
-        d_means, d_scales = self.params(torch.cat([means, scales, self.ctx(y_anchor_hat * anchor)], 1)).chunk(2, 1)
-        return torch.where(anchor, means, means + d_means), torch.where(anchor, scales, scales * torch.exp(d_scales))
+        out_means, out_scales, decoded = [], [], []
+        for g, ((own, _), (_, rest)) in enumerate(zip(*[iter(self.steps(means))] * 2)):
+            m_a, s_a = self._step(g, means, scales, decoded, None)
+            y_a = read(own, anchor, m_a, s_a) * anchor
+            m_r, s_r = self._step(g, means, scales, decoded, y_a)
+            y_r = read(own, rest, m_r, s_r)
+            out_means.append(torch.where(anchor, m_a, m_r))
+            out_scales.append(torch.where(anchor, s_a, s_r))
+            decoded.append(torch.where(anchor, y_a, y_r))
+        return torch.cat(out_means, 1), torch.cat(out_scales, 1), torch.cat(decoded, 1)
 
 
 class ResidualNet(nn.Module):
@@ -239,7 +285,7 @@ class ICMNet(CompressionModel):
             Nh = state["h_a.0.weight"].shape[0]
             num_gains = state["gain_y.log_inv_gain"].shape[0]
             aux = "aux_a.0.weight" in state
-            extra = {"context": "context.ctx.weight" in state}
+            extra = {"context": _has_context(state)}
             if aux:
                 extra.update(aux_channels=state["aux_a.0.weight"].shape[0],
                              aux_latent=state["aux_a.4.weight"].shape[0],
@@ -261,7 +307,7 @@ class ICMNet(CompressionModel):
         """Give the gain units as many levels as ``state`` has, and a context model exactly when it has
         one, so it loads (a run can start from weights with another number of rate levels, or without
         the context, than the codec's own)."""
-        self.set_context("context.ctx.weight" in state)
+        self.set_context(_has_context(state))
         table = state.get("gain_y.log_inv_gain")
         levels = int(table.shape[0]) if isinstance(table, torch.Tensor) and table.ndim == 2 else 0
         if 1 <= levels <= MAX_GAIN_LEVELS and levels != self.config["num_gains"]:  # else loading reports the shape that differs
@@ -359,8 +405,8 @@ class ICMNet(CompressionModel):
         if not self.entropy_bottleneck.training:
             z_g_hat = _ste(z_g, z_g_hat)
         means, scales = self._hyper(z_g_hat * ig_z)
-        if self.context is not None:  # the anchors as the decoder will have them when it reads the rest
-            means, scales = self.context(means, scales, _ste(y_g, torch.round(y_g - means) + means))
+        if self.context is not None:  # each step sees y rounded as the decoder will have it by then
+            means, scales, _ = self.context(means, scales, lambda c, mask, m, s: _ste(y_g[:, c], torch.round(y_g[:, c] - m) + m))
         y_g_hat, y_lik = self.gaussian_conditional(y_g, scales, means=means)
         if not self.gaussian_conditional.training or self.train_quant == "ste":
             y_g_hat = _ste(y_g, torch.round(y_g - means) + means)
@@ -401,19 +447,18 @@ class ICMNet(CompressionModel):
     def _z_medians(self) -> torch.Tensor:
         return self.entropy_bottleneck._get_medians().detach().reshape(-1, 1, 1)
 
-    def _y_halves(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """The (h, w) masks of y coded one group after another: all of y, or the checkerboard's
-        anchors then the rest."""
+    def _y_steps(self, y: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+        """y's groups of symbols in coding order, (channel slice, (h, w) mask) each: all of y, or the
+        context model's steps."""
         if self.context is None:
-            return [torch.ones(y.shape[-2:], dtype=torch.bool, device=y.device)]
-        anchor = self.context.anchors(*y.shape[-2:], y.device)
-        return [anchor, ~anchor]
+            return [(slice(None), torch.ones(y.shape[-2:], dtype=torch.bool, device=y.device))]
+        return self.context.steps(y)
 
     @torch.no_grad()
     def compress_batch(self, x: torch.Tensor, rate: float, aux: bool = False) -> list[dict[str, bytes]]:
         """(B,3,H,W) at one rate -> one {"main"(, "aux")} dict per image; the entropy coders code each
         image on its own, so every dict is a complete file's streams. ``main`` holds z, then y (with a
-        context model: its anchors, then the rest), in one rANS string (``joint_rans``)."""
+        context model: in its steps), in one rANS string (``joint_rans``)."""
         if aux and not self.aux:
             raise ValueError("this ICMNet has no aux branch")
         B = x.shape[0]
@@ -428,14 +473,14 @@ class ICMNet(CompressionModel):
         z_symbols = eb.quantize(z_g, "symbols", medians)
         # the hyperprior comes from the quantised z, exactly as the decoder will compute it
         means, scales = self._hyper(eb.dequantize(z_symbols, medians) * ig_z)
-        if self.context is not None:  # anchors first; their decoded values refine the rest's entropy model
-            means, scales = self.context(means, scales, gc.dequantize(gc.quantize(y_g, "symbols", means), means))
+        if self.context is not None:  # each step's entropy model from the steps before it, as the decoder reads them
+            means, scales, _ = self.context(means, scales, lambda c, mask, m, s: gc.quantize(y_g[:, c], "dequantize", m))
         indexes = gc.build_indexes(scales)
         y_symbols = gc.quantize(y_g, "symbols", means)
         z_indexes = eb._build_indexes(z_g.size())
-        halves = self._y_halves(y_g)
+        steps = self._y_steps(y_g)
         out = [{"main": joint_rans.encode([(eb, z_symbols[i], z_indexes[i])] +
-                                          [(gc, y_symbols[i][:, h], indexes[i][:, h]) for h in halves])}
+                                          [(gc, y_symbols[i][c][:, mask], indexes[i][c][:, mask]) for c, mask in steps])}
                for i in range(B)]
         if aux:
             y_hat = gc.quantize(y_g, "dequantize", means) * ig_y
@@ -476,12 +521,13 @@ class ICMNet(CompressionModel):
             if self.context is None:
                 y_hats.append(gc.dequantize(reader.read(gc, gc.build_indexes(scales)), means) * ig_y[i:i + 1])
                 continue
-            anchor, rest = self._y_halves(means)
-            y_symbols = torch.zeros(means.shape, dtype=torch.int32, device=device)
-            y_symbols[:, :, anchor] = reader.read(gc, gc.build_indexes(scales)[:, :, anchor])
-            means, scales = self.context(means, scales, gc.dequantize(y_symbols, means))
-            y_symbols[:, :, rest] = reader.read(gc, gc.build_indexes(scales)[:, :, rest])
-            y_hats.append(gc.dequantize(y_symbols, means) * ig_y[i:i + 1])
+
+            def read(c, mask, m, s, reader=reader):
+                found = torch.zeros(m.shape, dtype=torch.int32, device=device)
+                found[:, :, mask] = reader.read(gc, gc.build_indexes(s)[:, :, mask])
+                return gc.dequantize(found, m)
+
+            y_hats.append(self.context(means, scales, read)[2] * ig_y[i:i + 1])
         y_hat = torch.cat(y_hats)
         x_main, feats = self._decode(y_hat)
         if beta == 1.0 or not all("aux" in s for s in streams):
