@@ -129,7 +129,7 @@ def _interpolate(table: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     return (1 - frac) * table[lo] + frac * table[lo + 1]
 
 
-class CheckerboardContext(nn.Module):
+class ChannelCheckerboardContext(nn.Module):
     """A two-pass-per-group context model: He et al. 2021's checkerboard ("Checkerboard context
     model for efficient learned image compression") within each of ``GROUPS`` channel groups, the
     groups coded one after another as in Minnen & Singh 2020's channel-conditional model (ELIC, He et
@@ -170,15 +170,13 @@ class CheckerboardContext(nn.Module):
         anchor = self.anchors(*y.shape[-2:], y.device)
         return [(slice(g * C, (g + 1) * C), mask) for g in range(self.GROUPS) for mask in (anchor, ~anchor)]
 
-    def _step(self, g: int, means, scales, decoded: list, anchors_hat):
+    def _step(self, g: int, means, scales, channel_context, anchors_hat):
+        """Group g's means and scales from the hyperprior's, the context of the groups before it (None
+        for the first) and its decoded anchors (None while its anchors are read)."""
         C = means.shape[1] // self.GROUPS
-        inputs = [means, scales]
-        if g:
-            inputs.append(self.channel[g - 1](torch.cat(decoded, 1)))
-        if anchors_hat is None:  # a group's anchors: no spatial context yet
-            inputs.append(means.new_zeros(means.shape[0], 2 * C, *means.shape[-2:]))
-        else:
-            inputs.append(self.spatial[g](anchors_hat))
+        spatial = means.new_zeros(means.shape[0], 2 * C, *means.shape[-2:]) if anchors_hat is None \
+            else self.spatial[g](anchors_hat)
+        inputs = [means, scales] + ([channel_context] if channel_context is not None else []) + [spatial]
         d_means, d_scales = self.params[g](torch.cat(inputs, 1)).chunk(2, 1)
         own = slice(g * C, (g + 1) * C)
         return means[:, own] + d_means, scales[:, own] * torch.exp(d_scales)
@@ -188,13 +186,16 @@ class CheckerboardContext(nn.Module):
         mask, means, scales)`` returns y_hat of those channels (valid at ``mask``) given the entropy
         model of that step: y rounded (training, encoding) or the symbols read from the file
         (decoding). Every step's parameters use only what earlier steps returned."""
+        C = means.shape[1] // self.GROUPS
         anchor = self.anchors(*means.shape[-2:], means.device)
         out_means, out_scales, decoded = [], [], []
-        for g, ((own, _), (_, rest)) in enumerate(zip(*[iter(self.steps(means))] * 2)):
-            m_a, s_a = self._step(g, means, scales, decoded, None)
+        for g in range(self.GROUPS):
+            own = slice(g * C, (g + 1) * C)
+            before = self.channel[g - 1](torch.cat(decoded, 1)) if g else None
+            m_a, s_a = self._step(g, means, scales, before, None)
             y_a = read(own, anchor, m_a, s_a) * anchor
-            m_r, s_r = self._step(g, means, scales, decoded, y_a)
-            y_r = read(own, rest, m_r, s_r)
+            m_r, s_r = self._step(g, means, scales, before, y_a)
+            y_r = read(own, ~anchor, m_r, s_r)
             out_means.append(torch.where(anchor, m_a, m_r))
             out_scales.append(torch.where(anchor, s_a, s_r))
             decoded.append(torch.where(anchor, y_a, y_r))
@@ -269,10 +270,9 @@ class ICMNet(CompressionModel):
         self.context = None
 
     def set_context(self, on: bool) -> None:
-        """Add a checkerboard context model (zero-initialised: it starts as the plain hyperprior), or
-        remove it."""
+        """Add a context model (zero-initialised: it starts as the plain hyperprior), or remove it."""
         if on != (self.context is not None):
-            self.context = CheckerboardContext(self.gain_y.log_gain0.shape[0]).to(self.gain_y.log_gain0.device) if on else None
+            self.context = ChannelCheckerboardContext(self.gain_y.log_gain0.shape[0]).to(self.gain_y.log_gain0.device) if on else None
         if "context" in self.config:
             self.config["context"] = on
 

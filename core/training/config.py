@@ -26,7 +26,7 @@ class CodecConfig:
     val_rates: list[float] | None = None  # continuous codecs: rates validated every epoch (default: rates)
     beta: float = 1.0  # continuous codecs: passed as forward(x, rate, beta=...)
     new_low_gains: list[float] | None = None  # ICMNet: gain levels added below the init's lowest (rate 0 moves down)
-    new_context: bool = False  # ICMNet: add a checkerboard context model (starts as the plain hyperprior)
+    new_context: bool = False  # ICMNet: add a context model (channel groups x checkerboard; starts as the plain hyperprior)
     train_modules: list[str] | None = None  # train only these submodules; the rest frozen, in eval mode
     pad_to: int = 64
 
