@@ -345,7 +345,7 @@ def test_same_symbols_and_pixels_across_processes_and_thread_counts(trained, ima
     img = np.ascontiguousarray(np.concatenate([images[0], images[1]], axis=1))  # 64x192
     random = ICMCodec(weights="random", device="cpu")
     with_aux = ICMCodec(checkpoint=str(trained[1]), device="cpu", aux=True, beta=0.0)
-    shipped = ICMCodec(device="cpu")  # with its checkerboard context: y's second half's CDFs come from the first
+    shipped = ICMCodec(device="cpu")  # with its context model: later steps' CDFs come from earlier steps' symbols
     assert shipped.net.context is not None
     assert_same_decode([
         save_job(random, random.to_bitstream(img, rate=0.6), tmp_path / "0.icm", weights="random"),

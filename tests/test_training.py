@@ -575,8 +575,8 @@ def test_icm_omni_grows_gain_levels_below_its_init_and_resumes(toy, shapes, tmp_
 
 
 def test_icm_omni_adds_a_context_model_to_its_init_and_trains_only_it(toy, shapes, tmp_path):
-    """codec.new_context gives the init's weights a checkerboard context model; with train_modules =
-    ["context"] nothing else moves. A later run from those weights keeps the context; a run from weights
+    """codec.new_context gives the init's weights a context model (channel groups x checkerboard
+    halves); with train_modules = ["context", "gaussian_conditional"] nothing else moves. A later run from those weights keeps the context; a run from weights
     without one has none, whatever the codec's own weights have."""
     def config(name, **extra):
         codec = {"name": "icm-omni", "options": {"weights": "random"}, "rates": [0.0, 1.0], "val_rates": [0.0],

@@ -127,7 +127,7 @@ def test_the_icm_omni_chain_passes_weights_link_to_link(runs):
     assert final("icm_omni_14_whole")["gain_y.log_inv_gain"].shape[0] == 7
     # ...and trains the old seven's inverse gains too (the rows after the new one)
     assert not torch.equal(final("icm_omni_15_gains")["gain_y.log_inv_gain"][1:], final("icm_omni_14_whole")["gain_y.log_inv_gain"])
-    # link 16 adds a checkerboard context model to link 15 and trains only it: every other tensor is link 15's
+    # link 16 adds a context model to link 15 and trains only it: every other tensor is link 15's
     before, after = final("icm_omni_15_gains"), final("icm_omni_16_context")
     new = sorted(set(after) - set(before))
     assert not any(k.startswith("context.") for k in before) and new and all(k.startswith("context.") for k in new)

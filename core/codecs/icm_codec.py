@@ -518,16 +518,17 @@ class ICMNet(CompressionModel):
             reader = joint_rans.Reader(one["main"], symbols, "stream 'main'")
             z_g_hat = eb.dequantize(reader.read(eb, z_indexes), medians)
             means, scales = self._hyper(z_g_hat * ig_z[i:i + 1])
-            if self.context is None:
-                y_hats.append(gc.dequantize(reader.read(gc, gc.build_indexes(scales)), means) * ig_y[i:i + 1])
-                continue
 
             def read(c, mask, m, s, reader=reader):
                 found = torch.zeros(m.shape, dtype=torch.int32, device=device)
                 found[:, :, mask] = reader.read(gc, gc.build_indexes(s)[:, :, mask])
                 return gc.dequantize(found, m)
 
-            y_hats.append(self.context(means, scales, read)[2] * ig_y[i:i + 1])
+            if self.context is None:  # one step: all of y (the mask of _y_steps)
+                y_g_hat = read(*self._y_steps(means)[0], means, scales)
+            else:
+                y_g_hat = self.context(means, scales, read)[2]
+            y_hats.append(y_g_hat * ig_y[i:i + 1])
         y_hat = torch.cat(y_hats)
         x_main, feats = self._decode(y_hat)
         if beta == 1.0 or not all("aux" in s for s in streams):
