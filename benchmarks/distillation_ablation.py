@@ -2,7 +2,7 @@
 matched rate, trained by `icm train` with its loss terms.
 
 Each variant fine-tunes the same starting codec (icm-omni-mse, the rate+MSE stage) for the same
-number of steps with det feature distillation only: the recipe of configs/train/icm_omni_1_distill.toml
+number of steps with det feature distillation only: the distill stage of configs/train/icm_omni.toml
 (relative distillation, nearest-resized weights, rate + a quarter of λ(α)·255²·MSE) with the det term
 swapped and seg/pose dropped. The variants differ only in how locations are weighted:
 

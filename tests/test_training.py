@@ -24,7 +24,7 @@ from icm.datasets import load_dataset
 from icm.errors import UserError
 from icm.tasks import Batch
 from icm.training import losses as L
-from icm.training.config import load_config, parse_config
+from icm.training.config import load_config, load_stages, parse_config
 from icm.training.data import load_batch
 from icm.training.loop import train
 from icm.training.schedules import DWA, LePhased, Uncertainty, build_schedule
@@ -629,8 +629,7 @@ def test_shipped_training_configs_parse(icm_plugins):
 
     configs = sorted((REPO / "configs" / "train").glob("*.toml"))
     assert configs
-    for path in configs:
-        cfg = load_config(path)
+    for _, cfg in (run for path in configs for run in load_stages(path)):
         for term, spec in cfg.losses.items():
             L.build_loss(term, spec.options)
         assert cfg.schedule in schedule_registry()

@@ -371,6 +371,37 @@ def test_a_chain_on_the_command_line_runs_in_order(toy, icm_cli, shapes, tmp_pat
     assert refused.exit_code == 2 and "one config" in refused.stderr
 
 
+def test_a_recipe_runs_its_stages_in_order_and_one_with_stage(toy, icm_cli, shapes, tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'out = "{tmp_path / "written"}"\ndataset = "nowhere"\ntasks = ["colour"]\nepochs = 1\n'
+                      'batch_size = 4\nreevaluate = false\n[codec]\nname = "bmshj2018-factorized"\nquality = 1\n'
+                      'options = { weights = "random" }\n[losses]\nrate = 0.01\nmse = 1.0\n'
+                      '[[stage]]\nname = "first"\ninit = "scratch"\nexport = "ship/quality1.pth"\n'
+                      '[[stage]]\nname = "second"\nlosses = { rate = 0.02, mse = 1.0 }\n')
+    out = tmp_path / "o"
+
+    def one_error_line(result, text):
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and text in lines[0], result.stderr
+
+    one_error_line(icm_cli("train", recipe, "--stage", "second", "--out", out), "stage first writes it")
+    one_error_line(icm_cli("train", recipe, "--stage", "third"), "its stages: first, second")
+    one_error_line(icm_cli("train", recipe, "--tasks", "det"), "no run here trains for det")
+    # --dataset applies to every stage (the recipe's own dataset does not exist); --out moves them all
+    result = icm_cli("train", recipe, "--dataset", shapes, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.index(f"== first -> {out / 'first'}") < result.stdout.index(f"== second -> {out / 'second'}")
+    assert json.loads((out / "second" / "log.json").read_text())["init"]["init"] == str(out / "first")
+    assert (out / "first" / "export.pth").is_file() and not (tmp_path / "written").exists()
+    first = (out / "first" / "model.pth").read_bytes()
+    # one stage resumes on its own: second trains a second epoch, first is left as it was
+    again = icm_cli("train", recipe, "--stage", "second", "--epochs", "2", "--dataset", shapes, "--out", out, "--no-progress")
+    assert again.exit_code == 0, again.stderr
+    assert "resumed at epoch 2" in again.stdout and "== " not in again.stdout
+    assert len(json.loads((out / "second" / "log.json").read_text())["epochs"]) == 2
+    assert (out / "first" / "model.pth").read_bytes() == first
+
+
 def test_the_epoch_summary_line_prints_missing_values_as_dashes():
     from icm.training.loop import _summary_line
 

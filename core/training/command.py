@@ -7,41 +7,64 @@ import click
 
 @click.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="CONFIG...")
-@click.option("--out", help="Output folder (default: the config's `out`).")
+@click.option("--stage", "stage_name", metavar="NAME", help="Run only this stage of a recipe (its init must exist).")
+@click.option("--dataset", help="Train every run on this dataset (a registered name, a dataset folder or config).")
+@click.option("--tasks", "tasks", multiple=True,
+              help="Tasks, comma-separated and/or repeated (NAME or NAME=CONFIG[:CKPT]): every run that trains "
+                   "through task models keeps those of these it has loss terms for.")
+@click.option("--out", help="Output folder (default: the config's `out`); a recipe's stage NAME writes OUT/NAME.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Train up to this epoch (default: the config's `epochs`).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT/checkpoints/state.pt if present; --no-resume deletes OUT's checkpoints first.")
 @click.option("--no-reevaluate", is_flag=True, help="Skip the real-bitstream re-evaluation of the Pareto front.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train(configs, out, epochs, resume, no_reevaluate, no_progress):
+def train(configs, stage_name, dataset, tasks, out, epochs, resume, no_reevaluate, no_progress):
     """Train a codec for machines from the tasks' losses (Le 2020 §3.4), one checkpoint per epoch,
     then re-evaluate the Pareto-front checkpoints with real bitstreams. Works under torchrun.
 
-    Several CONFIGs run in order, as a chain: a config's `init` may name an earlier one's `out`."""
+    A recipe (a config with [[stage]] tables) runs its stages in order; several CONFIGs run in order
+    too, as a chain: a config's `init` may name an earlier one's `out`."""
     import os
     import sys
 
     from icm.errors import UserError
-    from icm.training.config import load_config
+    from icm.evaluation.config import parse_task
+    from icm.training.config import check_inits, load_stages, relocate, retarget
     from icm.training.loop import TrainingDiverged
     from icm.training.loop import train as run
 
-    if len(configs) > 1 and (out or epochs):
-        raise UserError("--out and --epochs apply to one config; with a chain, set them in each config")
-    cfgs = [load_config(c) for c in configs]  # every config is checked before the first run starts
-    for config, cfg in zip(configs, cfgs):
-        if out:
-            cfg.out = out
-        if epochs:
-            cfg.epochs = epochs
-        if no_reevaluate:
-            cfg.reevaluate = False
-        if len(cfgs) > 1 and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
-            click.echo(f"== {config} -> {cfg.out}")
+    files = [load_stages(c) for c in configs]  # every config is checked before the first run starts
+    recipe = [(name or path, cfg) for path, stages in zip(configs, files) for name, cfg in stages]
+    is_recipe = len(files) == 1 and files[0][0][0] is not None
+    if stage_name and not is_recipe:
+        raise UserError("--stage picks a stage of one recipe (a config with [[stage]] tables)")
+    if len(files) > 1 and out:
+        raise UserError("--out applies to one config or recipe; with a chain, set out in each config")
+    if out and is_recipe:
+        relocate(recipe, out)
+    elif out:
+        recipe[0][1].out = out
+    runs = [(n, c) for n, c in recipe if n == stage_name] if stage_name else recipe
+    if not runs:
+        raise UserError(f"{configs[0]} has no stage {stage_name!r}; its stages: {', '.join(n for n, _ in recipe)}")
+    if epochs and len(runs) > 1:
+        raise UserError("--epochs applies to one run; pick a stage with --stage")
+    specs = [parse_task(t) for text in tasks for t in text.split(",") if t.strip()]
+    unknown = {t.name for t in specs} - {t.name for _, c in runs for t in c.tasks}
+    if unknown:
+        raise UserError(f"--tasks: no run here trains for {', '.join(sorted(unknown))}")
+    for _, cfg in runs:
+        retarget(cfg, dataset, specs)
+        cfg.epochs = epochs or cfg.epochs
+        cfg.reevaluate = cfg.reevaluate and not no_reevaluate
+    check_inits(runs, recipe)
+    for name, cfg in runs:
+        if len(runs) > 1 and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+            click.echo(f"== {name} -> {cfg.out}")
         try:
             summary = run(cfg, resume=resume, progress=not no_progress)
         except TrainingDiverged as exc:
-            click.echo(f"icm: error: {config}: {exc}", err=True)
+            click.echo(f"icm: error: {name}: {exc}", err=True)
             sys.exit(1)
         if summary is not None:  # rank 0
             _report(summary)

@@ -162,8 +162,112 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
+    """A plain training config (one run); a recipe's stages come from load_stages."""
+    (name, cfg), *more = load_stages(path)
+    if name is not None:
+        raise UserError(f"training config {path} is a recipe of {len(more) + 1} stages: use load_stages")
+    return cfg
+
+
+def load_stages(path: str | Path) -> list[tuple[str | None, TrainConfig]]:
+    """The runs a training file describes, in order, with their names: a plain config is one run, named
+    None; a recipe (``[[stage]]`` tables) is one run per stage (parse_stages)."""
     from icm.paths import read_toml
 
     path = Path(path)
     data = read_toml(path, "training config")
-    return parse_config(data, f"training config {path}")
+    source = f"training config {path}"
+    if "stage" not in data:
+        return [(None, parse_config(data, source))]
+    return parse_stages(data, source, default_out=f"results/train/{path.stem}")
+
+
+def parse_stages(data: dict, source: str, default_out: str = "results/train") -> list[tuple[str, TrainConfig]]:
+    """A recipe: its top-level keys are the base that every ``[[stage]]`` overrides, ``codec`` key by key,
+    any other key (``losses`` too) as a whole; ``unset`` drops base keys (TOML has no null). Stage NAME
+    writes OUT/NAME, and starts from the previous stage's final weights unless it sets ``init``."""
+    base = dict(data)
+    stages, root = base.pop("stage"), base.pop("out", default_out)
+    if not isinstance(stages, list) or not stages:
+        raise UserError(f"{source}: `stage` must be [[stage]] tables")
+    runs: list[tuple[str, TrainConfig]] = []
+    for number, stage in enumerate(stages, 1):
+        stage = dict(stage)
+        name, unset = stage.pop("name", None), stage.pop("unset", [])
+        if not isinstance(name, str) or not name.isidentifier():
+            raise UserError(f"{source}: stage {number} needs a name of letters, digits and _")
+        if name in dict(runs):
+            raise UserError(f"{source}: two stages are named {name!r}")
+        if "out" in stage:
+            raise UserError(f"{source}: stage {name} sets out; a stage writes OUT/{name} (set out at the top)")
+        merged = {**base, **stage, "out": f"{root}/{name}"}
+        merged["codec"] = {**_table(base.get("codec")), **_table(stage.get("codec"))}
+        for key in unset:
+            table, _, sub = key.rpartition(".")
+            holder = merged.get(table) if table else merged
+            if not isinstance(holder, dict) or sub not in holder:
+                raise UserError(f"{source}: stage {name} unsets {key!r}, which the base does not set")
+            del holder[sub]
+        if runs and "init" not in merged:
+            merged["init"] = runs[-1][1].out
+        runs.append((name, parse_config(merged, f"{source}, stage {name}")))
+    return runs
+
+
+def _table(codec) -> dict:
+    return {"name": codec} if isinstance(codec, str) else dict(codec or {})
+
+
+def relocate(stages: list[tuple[str, TrainConfig]], root: str | Path) -> None:
+    """Write stage NAME to ROOT/NAME and its export to ROOT/NAME/export.pth; an init naming what an earlier
+    of these stages writes follows it there (a stage run alone keeps reading its init where it is)."""
+    moved: dict[str, str] = {}
+    for name, cfg in stages:
+        if cfg.init and str(Path(cfg.init)) in moved:
+            cfg.init = moved[str(Path(cfg.init))]
+        out = Path(root) / name
+        moved[str(Path(cfg.out))], cfg.out = str(out), str(out)
+        if cfg.export:
+            moved[str(Path(cfg.export))], cfg.export = str(out / "export.pth"), str(out / "export.pth")
+
+
+def check_inits(stages: list[tuple[str, TrainConfig]], recipe: list[tuple[str, TrainConfig]]) -> None:
+    """Every init exists or is written by an earlier of ``stages``, before the first run starts; a missing
+    one names the stage of ``recipe`` that writes it."""
+    from icm.training.codec import init_file
+
+    written: set[str] = set()
+    for name, cfg in stages:
+        if cfg.init and cfg.init != "scratch" and str(Path(cfg.init)) not in written:
+            try:
+                init_file(cfg.init)
+            except UserError as exc:
+                earlier = [n for n, _ in recipe][: [n for n, _ in recipe].index(name)]
+                writers = [n for n, c in recipe if n in earlier and str(Path(cfg.init)) in _writes(c)]
+                hint = f"; stage {writers[-1]} writes it" if writers else ""
+                raise UserError(f"stage {name}: {exc}{hint}") from None
+        written |= _writes(cfg)
+
+
+def retarget(cfg: TrainConfig, dataset: str | None = None, tasks: list[TaskSpec] | None = None) -> None:
+    """Point a run at other data: ``dataset`` replaces its dataset; ``tasks`` replace the tasks of a run that
+    trains through task models, keeping those it has loss terms for (with the given models) and dropping
+    the others' terms. A run without tasks (e.g. pixel MSE) keeps none."""
+    if dataset:
+        cfg.dataset = dataset
+    if not tasks or not cfg.tasks:
+        return
+    keep = [t for t in tasks if t.name in {s.name for s in cfg.tasks}]
+    if not keep:
+        raise UserError(f"--tasks {','.join(t.name for t in tasks)}: the run writing {cfg.out} trains for "
+                        f"{', '.join(t.name for t in cfg.tasks)}, so none would be left")
+    names = {t.name for t in keep}
+    cfg.tasks = keep
+    cfg.losses = {k: v for k, v in cfg.losses.items() if k.partition(":")[2] in ("", *names)}
+    cfg.task_scales = {k: v for k, v in cfg.task_scales.items() if k in names}
+    if cfg.backend and cfg.backend not in names:
+        raise UserError(f"--tasks: the run writing {cfg.out} trains the {cfg.backend} back end; keep {cfg.backend}")
+
+
+def _writes(cfg: TrainConfig) -> set[str]:
+    return {str(Path(p)) for p in (cfg.out, cfg.export) if p}
