@@ -104,11 +104,21 @@ def test_default_parameter_count_is_le_sized():
     assert sum(p.numel() for p in ICMNet(context=True).context.parameters()) == 273_344  # docs/icm_codec.md
 
 
-def test_latent_is_one_eighth_and_decoding_has_no_autoregressive_context():
+def test_latent_is_one_eighth_and_a_context_model_reads_it_in_four_parallel_steps():
+    """Without a context model y is read in one step; with one (as the shipped icm-omni has), in two
+    channel groups x two checkerboard halves, each element exactly once: not position by position."""
     net = ICMNet(**SMALL).eval()
     out = net(torch.rand(1, 3, 64, 96), 0.5)
-    assert out["y"].shape[-2:] == (8, 12) and out["x_hat"].shape == (1, 3, 64, 96)
-    assert not any("context" in n for n, _ in net.named_modules())
+    y = out["y"]
+    assert y.shape[-2:] == (8, 12) and out["x_hat"].shape == (1, 3, 64, 96)
+    assert net.context is None and len(net._y_steps(y)) == 1
+    net.set_context(True)
+    steps = net._y_steps(y)
+    assert len(steps) == 4
+    reads = torch.zeros(y.shape[1:], dtype=torch.int)
+    for channels, mask in steps:
+        reads[channels] += mask
+    assert (reads == 1).all()
 
 
 def test_a_context_model_decodes_what_the_forward_gives_at_the_bits_it_estimates(images):
