@@ -36,6 +36,19 @@ def shapes_holdout(split: str = "val", root: str | Path | None = None):
     return _shapes(split, root, "shapes-holdout", val=500, train=0, seed=1)
 
 
+def kodak(split: str = "val", root: str | Path | None = None):
+    """The 24 Kodak photographs in ``$ICM_DATA/kodak``, fetched there on first use; each image is
+    checked against the size and pixel hash icm ships (icm.datasets.kodak)."""
+    from icm.datasets import kodak as kodak_set
+    from icm.errors import UserError
+
+    if split != "val":
+        raise UserError(f"kodak has only a 'val' split, not {split!r}")
+    root = Path(root) if root else data_home() / "kodak"
+    kodak_set.fetch(root)
+    return kodak_set.load(root)
+
+
 def _shapes(split, root, name: str, val: int, train: int = 800, seed: int = 0):
     from icm.datasets import Dataset
     from icm.datasets.shapes import generate
@@ -53,6 +66,8 @@ def icm_register_datasets(register):
                                                  "for finer metrics; generated on first use into $ICM_DATA/shapes-1k")
     register("shapes-holdout", shapes_holdout, description="500 more shapes val images from another seed, in no "
                                                            "other shapes set, for choosing among trained runs")
+    register("kodak", kodak, description="the 24 Kodak photographs (768x512, no labels: --label-free or --tasks none); "
+                                         "downloaded on first use into $ICM_DATA/kodak and checked pixel by pixel")
 
 
 @hookimpl
@@ -63,6 +78,19 @@ def icm_register_commands(cli):
 @click.group()
 def data():
     """Write datasets to disk."""
+
+
+@data.command("kodak")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for the 24 PNGs (default: $ICM_DATA/kodak, where `--dataset kodak` reads them).")
+def kodak_command(out_dir):
+    """Download the Kodak set and check each image's size and pixels against icm's list."""
+    from icm.datasets import kodak as kodak_set
+
+    root = Path(out_dir) if out_dir else data_home() / "kodak"
+    fetched = kodak_set.fetch(root)
+    kodak_set.verify(root)
+    click.echo(f"{root}: {len(kodak_set.IMAGES)} Kodak images, each checked ({len(fetched)} downloaded now)")
 
 
 @data.command("shapes")

@@ -12,7 +12,8 @@ A :class:`Dataset` only describes; task adapters read the annotations with their
 :func:`load_dataset` takes, in this order:
 
 1. a registered dataset name (``shapes``; see ``icm plugins``); write ``./shapes`` for a folder of that name,
-2. a folder holding a ``dataset.json`` index, as written by ``icm data shapes --out DIR``,
+2. a folder holding a ``dataset.json`` index, as written by ``icm data shapes --out DIR``, or else a
+   bare folder of images (no labels: for ``--label-free`` or ``--tasks none``),
 3. a dataset config, JSON (YAML too when PyYAML is installed), for COCO, Cityscapes or ImageNet folders::
 
        {"name": "coco", "images_dir": "val2017",
@@ -78,7 +79,11 @@ class Dataset:
             raise UserError(f"{root}: no such dataset folder")
         index_path = root / "dataset.json"
         if not index_path.is_file():
-            raise UserError(f"{root}: not a dataset folder (no dataset.json); write one with `icm data shapes --out {root}`")
+            if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir() if p.is_file()):
+                # a bare folder of images (a local copy of kodak, a user's photos): no labels, images only
+                return _from_spec(root.name, root, split, {"images_dir": "."}, {}, root)
+            raise UserError(f"{root}: not a dataset folder (no dataset.json, no images); "
+                            f"write one with `icm data shapes --out {root}`")
         index = _read_json(index_path)
         splits = index.get("splits") or {}
         if split not in splits:

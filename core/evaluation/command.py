@@ -14,7 +14,8 @@ DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse", "icm-omni-features")  # the 
 
 @click.command()
 @click.option("--tasks", "tasks", multiple=True,
-              help="Tasks, comma-separated and/or repeated (default: every installed task). See `icm tasks`.")
+              help="Tasks, comma-separated and/or repeated (default: every installed task; 'none': PSNR and "
+                   "MS-SSIM only). See `icm tasks`.")
 @click.option("--task", "task_models", multiple=True, metavar="NAME=CONFIG[:CKPT]",
               help="Swap in another model for a task: any OpenMMLab config, checkpoint path or URL.")
 @click.option("--codec", "--codecs", "codecs", multiple=True,
@@ -49,7 +50,12 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
     exp = load_experiment(config_path) if config_path else Experiment()
     plugins = get_plugins()
     tasks, codecs = _names(tasks), _names(codecs)  # "--tasks a,b" and "--tasks a --tasks b" alike
-    if tasks:
+    codec_only = tasks == ["none"]  # a codec study: rate, PSNR and MS-SSIM, no task model loaded
+    if "none" in tasks and not codec_only:
+        raise UserError("--tasks none cannot be combined with task names")
+    if codec_only:
+        exp.tasks = []
+    elif tasks:
         exp.tasks = [parse_task(t) for t in tasks]
     elif not exp.tasks:
         exp.tasks = [parse_task(t) for t in plugins.tasks.names()]
@@ -58,8 +64,8 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
             raise UserError(f"--task {text}: expected NAME=CONFIG[:CHECKPOINT]")
         spec = parse_task(text)
         exp.tasks = [t for t in exp.tasks if t.name != spec.name] + [spec]
-    if not exp.tasks:
-        raise UserError("no tasks: install a task plugin (see `icm tasks`)")
+    if not exp.tasks and not codec_only:
+        raise UserError("no tasks: install a task plugin (see `icm tasks`), or pass --tasks none for PSNR/MS-SSIM only")
     if weights:
         for t in exp.tasks:
             if t.config and not t.checkpoint:
@@ -143,11 +149,15 @@ def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    for task, a in summary["analysis"].items():
-        if task == "_psnr":
-            continue
-        table = Table(title=f"{task}: {a['primary']} (uncompressed {a['uncompressed']:.3f}); BD vs {a['reference']}"
-                      if a["uncompressed"] is not None else task, title_justify="left")
+    analysis = summary["analysis"]
+    for task, a in [*((t, a) for t, a in analysis.items() if t != "_psnr"), ("_psnr", analysis["_psnr"])]:
+        if task == "_psnr":  # last: the codec's own quality, as the field reports it (CompressAI's averaging)
+            title = f"PSNR (RGB dB, mean over images); BD vs {a['reference']}"
+        elif a["uncompressed"] is not None:
+            title = f"{task}: {a['primary']} (uncompressed {a['uncompressed']:.3f}); BD vs {a['reference']}"
+        else:
+            title = task
+        table = Table(title=title, title_justify="left")
         for col in ("codec", "BD-rate %", "BD-metric", "points"):
             table.add_column(col)
         for codec, curve in sorted(a["curves"].items()):

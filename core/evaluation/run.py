@@ -113,7 +113,7 @@ def evaluate(exp: Experiment, progress: bool = True) -> dict | None:
     analysis = analyse(result, rows, exp.reference)
     out = Path(exp.out)
     with engine.clock.stage("report"):
-        write_csv(out / "results.csv", task_rows(result, rows))
+        write_csv(out / "results.csv", task_rows(result, rows) or rows)  # --tasks none: one row per codec and rate
         write_report(out, analysis, rows, result, sample_images(exp, result, dataset, engine.codecs),
                      cache=out / "cache" / "plots")
     result["wall_seconds"] = time.time() - start
