@@ -31,7 +31,12 @@ def test_listings_have_json(tmp_path):
     codecs = json.loads(run_icm("codecs", "--json").stdout)
     assert {"jpeg", "hevc", "bmshj2018-hyperprior"} <= {c["name"] for c in codecs}
     assert all("rate_control" in c and "available" in c for c in codecs)
-    assert json.loads(run_icm("tasks", "--json").stdout) == [] or True  # tasks arrive with plugins
+    assert json.loads(run_icm("tasks", "--json", env={"ICM_LOAD_PLUGINS": ""}).stdout) == []  # tasks come from plugins
+    tasks = json.loads(run_icm("tasks", "--json").stdout)
+    plugins = json.loads(run_icm("plugins", "--json").stdout)["plugins"]
+    registered = sorted(t for p in plugins for t in p["registered"].get("task", []))
+    assert sorted(t["name"] for t in tasks) == registered
+    assert all(t["plugin"] and t["metrics"] for t in tasks)
     table = run_icm("codecs")
     assert table.returncode == 0 and "hevc" in table.stdout
 
