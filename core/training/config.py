@@ -242,8 +242,8 @@ def check_inits(stages: list[tuple[str, TrainConfig]], recipe: list[tuple[str, T
             try:
                 init_file(cfg.init)
             except UserError as exc:
-                earlier = [n for n, _ in recipe][: [n for n, _ in recipe].index(name)]
-                writers = [n for n, c in recipe if n in earlier and str(Path(cfg.init)) in _writes(c)]
+                names = [n for n, _ in recipe]
+                writers = [n for n, c in recipe[: names.index(name)] if str(Path(cfg.init)) in _writes(c)]
                 hint = f"; stage {writers[-1]} writes it" if writers else ""
                 raise UserError(f"stage {name}: {exc}{hint}") from None
         written |= _writes(cfg)
