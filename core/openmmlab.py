@@ -9,7 +9,10 @@ checkpoints itself; init_cfg/pretrained entries download at init_weights() time,
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import importlib
+import json
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +87,18 @@ def strip_downloads(cfg) -> None:
                 walk(v)
 
     walk(cfg.model)
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_version(package: str) -> str:
+    """The installed version of the distribution that holds ``package`` (how it runs models is its code)."""
+    from importlib import metadata
+
+    names = metadata.packages_distributions().get(package) or []
+    try:
+        return metadata.version(names[0]) if names else ""
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def read_state_dict(checkpoint: str) -> dict:
@@ -294,6 +309,10 @@ class OpenMMLabAdapter:
                 _SHARED_MODELS[self.forward_key] = model
         self._model = model
         self.device = next(self._model.parameters()).device
+        from icm.openmmlab_pipeline import TestPipeline
+
+        # refused here (before anything is coded) when a step cannot run on decoded pixels
+        self.pipeline = TestPipeline(self.cfg, self.library, self.name or type(self).__name__)
 
     @classmethod
     def _package(cls) -> str:
@@ -302,6 +321,43 @@ class OpenMMLabAdapter:
     @property
     def model(self):
         return self._model
+
+    # Pipeline steps the adapter's differentiable path (loss, features, objectness) reproduces itself
+    # in torch; any other geometry in the test pipeline is refused there (see check_differentiable).
+    own_geometry: tuple[str, ...] = ()
+
+    def settings_key(self) -> str:
+        """Everything besides the weights that changes a prediction: the test pipeline and the model's
+        config (test-time settings, data preprocessor); part of the prediction cache key."""
+        text = json.dumps([self.pipeline.steps, self.cfg.model.to_dict() if hasattr(self.cfg.model, "to_dict")
+                           else dict(self.cfg.model), type(self).__qualname__, _plugin_version(self._package())],
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def check_differentiable(self, what: str) -> None:
+        """The differentiable path runs the model on the decoded pixels as they are (plus the adapter's
+        own geometry, e.g. pose crops); a test pipeline that resizes or crops is refused there, in one
+        line, rather than trained or read at another size than it is evaluated at."""
+        other = [g for g in self.pipeline.geometry if g not in self.own_geometry]
+        if other and self.consumes == "pixels":
+            raise UserError(f"task {self.name}: {what} runs the model on the decoded pixels at their own size, "
+                            f"and this config's test pipeline changes them ({', '.join(other)}); "
+                            f"use a config whose test pipeline keeps the native size")
+
+    def library_inputs(self, images, infos: list[dict]):
+        """Decoded images (uint8 RGB, see :func:`~icm.openmmlab_pipeline.to_uint8`) as the library's
+        test loop would feed them: each through the test pipeline, with ``infos`` adding what the
+        library's dataset puts in the results (img_id, a pose box, ...), then the model's data
+        preprocessor. Returns (inputs, data_samples)."""
+        from icm.openmmlab_pipeline import preprocess
+
+        packed = [self.pipeline(rgb, **info) for rgb, info in zip(images, infos)]
+        with scope(self.library):
+            return preprocess(self._model, packed)
+
+    @staticmethod
+    def image_info(sample: dict) -> dict:
+        return {"img_id": sample["id"], "img_path": str(sample["file_name"])}
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised model input, zero-padded (after normalisation) to a multiple of 32 at the bottom/right.
@@ -335,6 +391,8 @@ class OpenMMLabAdapter:
         spec = FEATURE_SPLITS.get(split)
         if spec is None or not reads_split(getattr(self._model, "backbone", None), spec):
             return None
+        if any(g not in self.own_geometry for g in self.pipeline.geometry):
+            return None  # a split tensor cannot be resized as the pipeline resizes pixels: the pixels are read
         # train=True without a checkpoint starts from the pixel model, as the shipped back end did
         if checkpoint is None and not train and split in self.feature_backends and self._shipped_model:
             from icm.paths import package_file
@@ -419,3 +477,54 @@ class FeatureFedBackbone:
         return tuple(outs)
 
     __call__ = forward
+
+
+def run_library_test(adapter, images: list[dict], dataset: dict, metric, convert, model_cfg=None):
+    """mmengine's ``Runner.test()`` (the library's own test loop) on ``dataset`` (a dataset config
+    over ``images``, whose pipeline is the library's) with the adapter's model and weights, scored by ``metric`` (a
+    metric instance of the library, or None). ``convert`` turns each of the loop's data samples (as dicts)
+    into what the adapter collects (for example ``(image id, prediction)``). Returns (the converted
+    samples in the loop's order, the metric's results). ``model_cfg`` replaces the adapter's model config (its weights must fit it)."""
+    import tempfile
+    import uuid
+
+    from mmengine.evaluator import BaseMetric, Evaluator
+    from mmengine.runner import Runner
+
+    class Capture(BaseMetric):  # keeps what the loop predicted, so icm can score it too
+        def process(self, data_batch, data_samples):
+            self.results.extend(convert(d) for d in data_samples)
+
+        def compute_metrics(self, results):
+            self.captured = results
+            return {}
+
+    capture = Capture()
+    # icm batches images of one size; so does the loop then (a mixed batch would be padded to its largest)
+    batch_size = 8 if len({(s["height"], s["width"]) for s in images}) == 1 else 1
+    cfg = model_cfg if model_cfg is not None else adapter.cfg.model
+    from mmengine.config import ConfigDict
+
+    cfg = ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else copy.deepcopy(dict(cfg)))
+    with tempfile.TemporaryDirectory(prefix="icm-library-test-") as work, scope(adapter.library), quiet():
+        runner = Runner(model=cfg, work_dir=work, experiment_name=f"icm-library-test-{uuid.uuid4().hex[:8]}",
+                        test_dataloader=dict(batch_size=batch_size, num_workers=0, dataset=dataset,
+                                             sampler=dict(type="DefaultSampler", shuffle=False)),
+                        test_cfg=dict(type="TestLoop"), test_evaluator=Evaluator([m for m in (metric, capture) if m is not None]),
+                        default_scope=adapter.library, log_level="WARNING",
+                        default_hooks=dict(logger=dict(type="LoggerHook", interval=10**9)))
+        state = adapter.model.state_dict()
+        check_fit(runner.model, state, "the library test's model", strict=False)
+        runner.model.load_state_dict(state, strict=False)
+        results = runner.test()
+    return list(capture.captured), results
+
+
+def subset_positions(paths_in_order: list[str], wanted: list[str]) -> list[int]:
+    """Positions of ``wanted`` in a library dataset's own order (its ``indices`` argument), so its loop
+    runs on exactly the images icm scores."""
+    where = {str(p): i for i, p in enumerate(paths_in_order)}
+    missing = [w for w in wanted if str(w) not in where]
+    if missing:
+        raise UserError(f"the library's dataset does not list {missing[0]} ({len(missing)} image(s) missing)")
+    return [where[str(w)] for w in wanted]

@@ -39,6 +39,16 @@ class Batch:
         return tuple(self.size) if self.size is not None else tuple(self.images.shape[-2:])
 
 
+@dataclass
+class LibraryTest:
+    """What a task library's own test loop gave for some images (see ``TaskAdapter.library_test``)."""
+
+    predictions: dict[int, Any]  # image id -> prediction in the adapter's own format
+    metrics: dict[str, float]  # the library's metric as it reports it, in the adapter's names and units
+    rounding: float = 0.0  # how far the reported metrics may be from the exact value (half the last printed digit)
+    note: str = ""
+
+
 class Evaluator(ABC):
     """Accumulate predictions, then compute a dict of metrics. ``primary`` names the headline metric."""
 
@@ -99,6 +109,18 @@ class TaskAdapter(ABC):
     def objectness(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         """Per-location importance maps, one (N, 1, h, w) per ``features`` level, or None."""
         return None
+
+    def library_test(self, images: list[dict]) -> LibraryTest | None:
+        """Run the task library's own evaluation (for OpenMMLab: mmengine's ``Runner.test()`` with the
+        library's dataset class, test pipeline and metric) on these images of the bound dataset, for
+        ``icm evaluate --check-parity``. None when the adapter has no such reference."""
+        return None
+
+    def settings_key(self) -> str:
+        """What changes this adapter's predictions besides the model's weights (its test pipeline and
+        test-time settings), as a short string: part of ``icm evaluate``'s prediction cache key, so a
+        changed setting never reuses predictions made under the old one. "" when nothing does."""
+        return ""
 
     @property
     def model(self) -> torch.nn.Module:

@@ -125,3 +125,46 @@ def icm_image():
     base[30:70, 40:90] = [200, 60, 40]
     base += rng.normal(0, 12, base.shape)
     return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def icm_assert_parity():
+    """``check(adapters, images)``: assert that each adapter's accuracy on the uncompressed images
+    equals its library's own test loop (``TaskAdapter.library_test``), as ``icm evaluate
+    --check-parity`` reports it; returns the rows. For adapter authors: run it on your model and a
+    few images of a dataset with labels."""
+
+    def check(adapters: dict, images: list[dict], batch_size: int = 8) -> list[dict]:
+        from icm.evaluation.parity import check as parity
+
+        rows = parity(adapters, images, batch_size)
+        assert rows and all(r["library_loop"] is not None for r in rows), rows
+        bad = [r for r in rows if not r["agree"]]
+        assert not bad, "\n".join(f"{r['task']} {r['metric']}: icm {r['icm']}, library loop {r['library_loop']}, "
+                                  f"library metric {r['library_metric']}" for r in bad)
+        return rows
+
+    return check
+
+
+def shipped_config(adapter_class, **changes):
+    """The adapter's shipped OpenMMLab config as a dict, with top-level keys replaced by ``changes``
+    and ``test_pipeline`` also set where the config's test loader names one (tests of other test
+    pipelines and test-time settings on the shipped weights)."""
+    from mmengine.config import Config
+
+    from icm.paths import package_file
+
+    cfg = Config.fromfile(str(package_file(adapter_class._package(), adapter_class.default_config))).to_dict()
+    for key, value in changes.items():
+        if key == "test_cfg":
+            cfg["model"]["test_cfg"] = {**cfg["model"].get("test_cfg", {}), **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def shipped_weights(adapter_class) -> str:
+    from icm.paths import package_file
+
+    return str(package_file(adapter_class._package(), adapter_class.default_weights))

@@ -40,8 +40,11 @@ DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse", "icm-omni-features")  # the 
 @click.option("--workers", type=click.IntRange(min=1),
               help="Worker processes, one thread each (default: every CPU core; 1 on a GPU or under torchrun).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--check-parity", is_flag=True,
+              help="Only compare each task's accuracy on the uncompressed images with the task library's own "
+                   "test loop (same model and images); print the table, exit 1 if a number differs.")
 def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid, reference, dataset, split, limit, out,
-             config_path, label_free, device, weights, class_map, strict, workers, no_progress):
+             config_path, label_free, device, weights, class_map, strict, workers, no_progress, check_parity):
     """Encode each image once per codec and rate, decode once, and evaluate every task on it."""
     from icm.evaluation.engine import check_weights
     from icm.evaluation.run import evaluate as run
@@ -117,6 +120,15 @@ def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid
         raise UserError(f"reference {exp.reference!r} is not among the evaluated codecs/anchors")
     for t in exp.tasks:
         check_weights(t)
+    if check_parity:  # no coding: the uncompressed images, icm against each library's own loop
+        from icm.evaluation.parity import run_check
+
+        if codec_only:
+            raise UserError("--check-parity needs tasks (not --tasks none)")
+        raise SystemExit(run_check(exp))
+    from icm.faults import check_out_dir
+
+    check_out_dir(exp.out)  # a file or a read-only folder is refused before any model loads
     from icm.evaluation.workers import default_workers, launch
 
     workers = workers or default_workers(exp.device)

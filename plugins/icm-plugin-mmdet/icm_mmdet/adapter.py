@@ -131,6 +131,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     # -- model stages ---------------------------------------------------------------------------------
     def features(self, x):
+        self.check_differentiable("features")
         return list(self._model.extract_feat(self._inputs(x)))
 
     def objectness(self, x):
@@ -138,6 +139,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         (paper 003), sigmoid of its class scores, max over anchors. Single-stage detectors (RetinaNet,
         FCOS, YOLOX, ...) have no RPN: the max over anchors and classes of their classification scores
         (sigmoid; softmax without the background for softmax heads)."""
+        self.check_differentiable("objectness")
         feats = self._model.extract_feat(self._inputs(x))
         if self.two_stage:
             cls_scores, _ = self._model.rpn_head(feats)
@@ -154,6 +156,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return out
 
     def loss(self, decoded, batch):
+        self.check_differentiable("the task loss")
         inputs = self._inputs(decoded)
         samples = self._data_samples(batch, self._image_hw(inputs), with_gt=True)
         with openmmlab.scope("mmdet"):
@@ -166,9 +169,18 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return openmmlab.shared_forward(self, batch, lambda: self._instances_forward(batch))
 
     def _instances_forward(self, batch: Batch):
+        """mmdet's own predict, stage by stage: pixels go through the config's test pipeline and data
+        preprocessor as in its test loop (a feature reader's split tensor is read as it is)."""
+        from icm.openmmlab_pipeline import to_uint8
+
         with torch.no_grad(), openmmlab.scope("mmdet"):
-            inputs = self._inputs(batch.images)
-            samples = self._data_samples(batch, self._image_hw(inputs), with_gt=False)
+            if self.consumes == "pixels":
+                # scale_factor 1 unless the pipeline resizes: rescale=True reads it
+                infos = [{**self.image_info(s), "scale_factor": (1.0, 1.0)} for s in batch.samples]
+                inputs, samples = self.library_inputs(to_uint8(batch.images), infos)
+            else:
+                inputs = self._inputs(batch.images)
+                samples = self._data_samples(batch, self._image_hw(inputs), with_gt=False)
             feats = self._model.extract_feat(inputs)
             if self.two_stage:
                 proposals = self._model.rpn_head.predict(feats, samples, rescale=False)
@@ -193,14 +205,46 @@ class DetAdapter(MMDetAdapter):
 
     def predict(self, batch):
         _, _, results = self._instances(batch)
-        preds = []
-        for r in results:
-            p = {"bboxes": r.bboxes.cpu().numpy().astype(np.float32), "scores": r.scores.cpu().numpy().astype(np.float32),
-                 "labels": r.labels.cpu().numpy().astype(np.int64)}
-            if self.iou_type == "segm":
-                p["masks"] = [_rle(m) for m in r.masks.cpu().numpy()]
-            preds.append(p)
-        return preds
+        return [self._prediction(r) for r in results]
+
+    def _prediction(self, r) -> dict:
+        """mmdet's instance results (InstanceData, or its dict in a test loop's data sample) -> icm's."""
+        p = {"bboxes": r["bboxes"].cpu().numpy().astype(np.float32), "scores": r["scores"].cpu().numpy().astype(np.float32),
+             "labels": r["labels"].cpu().numpy().astype(np.int64)}
+        if self.iou_type == "segm":
+            p["masks"] = [_rle(m) for m in r["masks"].cpu().numpy()]
+        return p
+
+    def library_test(self, images):
+        """mmdet's test loop: its CocoDataset and test pipeline, the model (a PanopticFPN run as the
+        Mask R-CNN it contains, whose boxes and masks its own predict does not return), CocoMetric."""
+        from mmdet.evaluation.metrics import CocoMetric
+
+        ann = self.dataset.annotations["instances"]
+        files = [str(self.dataset.images_dir / im["file_name"]) for im in self._coco.dataset["images"]]
+        dataset = dict(type="CocoDataset", data_root="", ann_file=str(ann), data_prefix=dict(img=f"{self.dataset.images_dir}/"),
+                       metainfo=dict(classes=tuple(self.dataset_classes)), test_mode=True,
+                       indices=openmmlab.subset_positions(files, [s["file_name"] for s in images]),
+                       pipeline=[dict(type="LoadImageFromFile")] + self.pipeline.steps)
+        with openmmlab.quiet():
+            metric = CocoMetric(ann_file=str(ann), metric=[self.iou_type])
+        metric.img_ids = [s["id"] for s in images]  # CocoMetric scores every image of the file otherwise
+        got, results = openmmlab.run_library_test(self, images, dataset, metric, lambda d: (d["img_id"], self._prediction(d["pred_instances"])),
+            model_cfg=self._instance_model_cfg())
+        from icm.tasks import LibraryTest
+
+        metrics = {k.split("/", 1)[1]: float(v) for k, v in results.items() if k.split("/", 1)[1] in self.metrics}
+        return LibraryTest(dict(got), metrics, rounding=0.0005, note="CocoMetric prints 3 decimals")
+
+    def _instance_model_cfg(self):
+        """The model config whose predict gives boxes and masks: a PanopticFPN without its semantic and
+        fusion heads is the Mask R-CNN inside it (same weights); any other detector as it is."""
+        cfg = self.cfg.model.to_dict()
+        if "panoptic_fusion_head" in cfg:
+            cfg = {k: v for k, v in cfg.items() if k not in ("semantic_head", "panoptic_fusion_head")}
+            cfg["type"] = "MaskRCNN" if cfg.get("roi_head", {}).get("mask_head") else "FasterRCNN"
+            cfg["test_cfg"] = {k: v for k, v in cfg.get("test_cfg", {}).items() if k in ("rpn", "rcnn")}
+        return cfg
 
     def evaluator(self, pseudo_ground_truth=None):
         return CocoEvaluator(self, pseudo_ground_truth)
@@ -357,14 +401,35 @@ class PanopticAdapter(MMDetAdapter):
 
     def predict(self, batch):
         feats, samples, results = self._instances(batch)
-        thr = self.cfg.model.test_cfg.panoptic.get("panoptic_score_thr", 0.5)
-        kept = [r[r.scores >= thr] for r in results]
+        # as mmdet's TwoStagePanopticSegmentor.predict: every instance the R-CNN kept (its score_thr) is fused
         with torch.no_grad(), openmmlab.scope("mmdet"):
             seg = self._model.semantic_head.predict(feats, [s.metainfo for s in samples], rescale=True)
-            pans = self._model.panoptic_fusion_head.predict(kept, seg)
+            pans = self._model.panoptic_fusion_head.predict(results, seg)
         return [{"panoptic": p.sem_seg[0].cpu().numpy().astype(np.int32)} for p in pans]
+
+    def library_test(self, images):
+        """mmdet's test loop: its CocoPanopticDataset, test pipeline and the PanopticFPN's own predict.
+        Its CocoPanopticMetric needs panopticapi, which is not on PyPI: the loop's predictions are
+        scored by icm's PQ (checked against panopticapi's pq_compute_single_core in this plugin's tests)."""
+        from icm.tasks import LibraryTest
+
+        ann = self.dataset.annotations["panoptic_json"]
+        listed = json.loads(Path(ann).read_text())["images"]
+        files = [str(self.dataset.images_dir / im["file_name"]) for im in listed]
+        th, _ = self.things_stuff
+        names = self.panoptic_classes
+        dataset = dict(type="CocoPanopticDataset", data_root="", ann_file=str(ann),
+                       data_prefix=dict(img=f"{self.dataset.images_dir}/", seg=f"{self.dataset.annotations['panoptic_dir']}/"),
+                       metainfo=dict(classes=tuple(names), thing_classes=tuple(names[:th]), stuff_classes=tuple(names[th:])),
+                       test_mode=True, indices=openmmlab.subset_positions(files, [s["file_name"] for s in images]),
+                       pipeline=[dict(type="LoadImageFromFile")] + self.pipeline.steps)
+        got, _ = openmmlab.run_library_test(self, images, dataset, None,
+            lambda d: (d["img_id"], {"panoptic": d["pred_panoptic_seg"]["sem_seg"][0].cpu().numpy().astype(np.int32)}))
+        return LibraryTest(dict(got), {}, note="mmdet's CocoPanopticMetric needs panopticapi (not on PyPI): "
+                                               "the loop's predictions are scored by icm's PQ")
 
     def evaluator(self, pseudo_ground_truth=None):
         from icm_mmdet.panoptic_quality import PanopticEvaluator
 
         return PanopticEvaluator(self, pseudo_ground_truth)
+

@@ -44,7 +44,8 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     library, default_config, default_weights = "mmpose", DEFAULT_CONFIG, DEFAULT_WEIGHTS
     # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
     feature_backends = {"resnet18w32.layer1": "model/simplebaseline_r18_tiny_shapes_pose.features.pth"}
-    box_padding = 1.25  # mmpose's GetBBoxCenterScale padding
+    box_padding = 1.25  # mmpose's GetBBoxCenterScale padding (the test pipeline's, when it names one)
+    own_geometry = ("GetBBoxCenterScale", "TopdownAffine")  # the crops are the adapter's own (see _crop)
     dense_scale = 2.0  # features/objectness without boxes: upsample the image to the crops' typical scale
     pseudo_score_thr = 0.3  # pseudo ground truth: keypoints scored above this count as labelled (v=2)
     jitter = (0.1, 0.8, 1.25)  # training: box centre shift (fraction of the side), side scale range
@@ -69,7 +70,9 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         self.input_size = tuple(int(v) for v in self.codec.input_size)  # (w, h)
         if self.input_size[0] != self.input_size[1]:
             raise UserError(f"task pose: square crops only (codec input_size {self.input_size})")
-        self.flip_test = bool((self.cfg.model.get("test_cfg") or {}).get("flip_test", False))
+        for step in self.pipeline.steps:
+            if step["type"] == "GetBBoxCenterScale":
+                self.box_padding = float(step.get("padding", 1.25))
         self._gt_source = None
         self._gt: dict[int, list[dict]] = {}
         self._boxes: dict[int, tuple[np.ndarray, list]] = {}
@@ -209,6 +212,105 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
             return self._model.head.forward(self._model.extract_feat(crops))
 
     def predict(self, batch: Batch):
+        if self.consumes == "features":
+            return self._predict_crops(batch)
+        return self._library_predict(batch)
+
+    def _library_predict(self, batch: Batch):
+        """mmpose's own top-down predict, one instance per box as its CocoDataset gives them: the test
+        pipeline (GetBBoxCenterScale, TopdownAffine: a cv2 affine warp about the box centre), the data
+        preprocessor, the config's flip test (``flip_mode``, ``shift_heatmap``) and the keypoints mapped
+        back to the image, as in its test loop."""
+        from icm.openmmlab_pipeline import to_uint8
+
+        images = to_uint8(batch.images)
+        rgbs, infos, boxes, ann_ids = [], [], [], []
+        for i, s in enumerate(batch.samples):
+            b, ids = self.boxes_for(s)
+            boxes.append(b)
+            ann_ids.append(ids)
+            for box, ann in zip(b, ids):
+                rgbs.append(images[i])
+                infos.append({**self.image_info(s), "id": ann, "flip_indices": self._flip_index(),
+                              "bbox": self.library_box(box, s), "bbox_score": np.ones(1, np.float32)})
+        keypoints = np.zeros((len(rgbs), self.num_keypoints, 2), np.float32)
+        scores = np.zeros((len(rgbs), self.num_keypoints), np.float32)
+        if rgbs:
+            with torch.no_grad(), openmmlab.scope("mmpose"):
+                inputs, samples = self.library_inputs(rgbs, infos)
+                out = self._model.predict(inputs, samples)
+            for p, o in enumerate(out):
+                keypoints[p], scores[p] = o.pred_instances.keypoints[0], o.pred_instances.keypoint_scores[0]
+        return self._per_image(keypoints, scores, boxes, ann_ids)
+
+    @staticmethod
+    def library_box(box, sample: dict) -> np.ndarray:
+        """A COCO xywh box as mmpose's CocoDataset hands it to the pipeline: xyxy, clipped to the
+        image's last pixel."""
+        x, y, w, h = (float(v) for v in box)
+        right, bottom = sample["width"] - 1, sample["height"] - 1
+        return np.array([[np.clip(x, 0, right), np.clip(y, 0, bottom), np.clip(x + w, 0, right),
+                          np.clip(y + h, 0, bottom)]], np.float32)
+
+    def library_test(self, images):
+        """mmpose's test loop: its CocoDataset (top-down, ground-truth boxes) over these images, its test
+        pipeline, the model's own predict (flip test as configured) and its CocoMetric (OKS NMS,
+        'bbox_keypoint' instance scores)."""
+        from mmpose.evaluation import CocoMetric
+
+        from icm.tasks import LibraryTest
+
+        meta = self.meta
+        names = list(meta.get("keypoint_names") or [f"kp{i}" for i in range(self.num_keypoints)])
+        swap = {a: b for pair in meta.get("flip_pairs", []) for a, b in (pair, pair[::-1])}
+        info = dict(dataset_name=self.dataset.name, joint_weights=[1.0] * len(names), sigmas=list(meta["sigmas"]),
+                    keypoint_info={i: dict(name=n, id=i, color=[255, 128, 0], type="",
+                                           swap=names[swap[i]] if i in swap else "") for i, n in enumerate(names)},
+                    skeleton_info={i: dict(link=(names[a], names[b]), id=i, color=[96, 96, 255])
+                                   for i, (a, b) in enumerate(meta.get("skeleton", []))})
+        coco = json.loads(Path(self._keypoints_json()).read_text())
+        wanted = {s["id"] for s in images}
+        with tempfile.TemporaryDirectory(prefix="icm-pose-subset-") as tmp:
+            ann = Path(tmp) / "keypoints.json"  # the images scored: mmpose's metric scores every image of its file
+            ann.write_text(json.dumps({**coco, "images": [im for im in coco["images"] if im["id"] in wanted],
+                                       "annotations": [a for a in coco["annotations"] if a["image_id"] in wanted]}))
+            dataset = dict(type="CocoDataset", data_root="", ann_file=str(ann), data_mode="topdown", metainfo=info,
+                           data_prefix=dict(img=f"{self.dataset.images_dir}/"), test_mode=True,
+                           pipeline=[dict(type="LoadImage")] + self.pipeline.steps)
+            with openmmlab.quiet():
+                metric = CocoMetric(ann_file=str(ann))
+            got, results = openmmlab.run_library_test(self, images, dataset, metric, _instance_prediction)
+        by_image: dict[int, list] = {}
+        for img_id, one in got:
+            by_image.setdefault(img_id, []).append(one)
+        records = {s["id"]: s for s in images}
+        empty = self._per_image(np.zeros((0, self.num_keypoints, 2), np.float32),
+                                np.zeros((0, self.num_keypoints), np.float32), [np.zeros((0, 4), np.float32)], [[]])[0]
+        predictions = {s["id"]: empty for s in images}  # the loop has no sample for an image without a box
+        for i, ones in by_image.items():
+            boxes, ann_ids = self.boxes_for(records[i])  # the loop's boxes are clipped: keep the annotation's
+            box_of = dict(zip(ann_ids, boxes))
+            predictions[i] = {"keypoints": np.stack([o["keypoints"] for o in ones]),
+                              "scores": np.stack([o["scores"] for o in ones]),
+                              "boxes": np.stack([box_of[o["ann_id"]] for o in ones]).astype(np.float32),
+                              "ann_ids": [o["ann_id"] for o in ones]}
+        names_of = {"AP": "coco/AP", "AP50": "coco/AP .5", "AP75": "coco/AP .75", "AR": "coco/AR"}
+        metrics = {k: float(results[v]) for k, v in names_of.items() if v in results}
+        return LibraryTest(predictions, metrics, note="mmpose CocoMetric (unrounded)")
+
+    @staticmethod
+    def _per_image(keypoints, scores, boxes, ann_ids) -> list[dict]:
+        out, start = [], 0
+        for b, ids in zip(boxes, ann_ids):
+            end = start + len(b)
+            out.append({"keypoints": keypoints[start:end], "scores": scores[start:end], "boxes": b.astype(np.float32),
+                        "ann_ids": list(ids)})
+            start = end
+        return out
+
+    def _predict_crops(self, batch: Batch):
+        """A feature reader's predict: crops of the split tensor (roi_align, see :meth:`_crop`), the
+        keypoints decoded per crop (no flip test: a mirrored split tensor is not the mirror's)."""
         x = self._inputs(batch.images)
         index, squares, boxes, ann_ids = self._collect(batch)
         keypoints = np.zeros((len(squares), self.num_keypoints, 2), np.float32)
@@ -217,23 +319,11 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
             with torch.no_grad():
                 crops = self._crop(x, index, squares)
                 heat = self.heatmaps(crops).float().cpu().numpy()
-                if self.flip_test and self._mirrors:
-                    flipped = self.heatmaps(crops.flip(-1)).float().cpu().numpy()[:, self._flip_index()]
             for p in range(len(squares)):
                 kp, sc = self.codec.decode(heat[p])
-                if self.flip_test and self._mirrors:
-                    kf, sf = self.codec.decode(flipped[p])
-                    kf[..., 0] = self.input_size[0] - 1 - kf[..., 0]
-                    kp, sc = (kp + kf) / 2, (sc + sf) / 2
                 keypoints[p], scores[p] = kp[0], sc[0]
             keypoints = self._to_image(keypoints, squares).astype(np.float32)
-        out, start = [], 0
-        for b, ids in zip(boxes, ann_ids):
-            end = start + len(b)
-            out.append({"keypoints": keypoints[start:end], "scores": scores[start:end], "boxes": b.astype(np.float32),
-                        "ann_ids": list(ids)})
-            start = end
-        return out
+        return self._per_image(keypoints, scores, boxes, ann_ids)
 
     def loss(self, decoded, batch):
         """KeypointMSELoss between the heatmaps of the crops and MSRA targets of the ground truth.
@@ -414,3 +504,10 @@ class KeypointEvaluator(Evaluator):
             ev.summarize()
         s = ev.stats
         return {"AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[5])}
+
+
+def _instance_prediction(d: dict) -> tuple[int, dict]:
+    """One instance of mmpose's test loop (a data sample as a dict) -> (image id, its keypoints)."""
+    inst = d["pred_instances"]
+    return d["img_id"], {"keypoints": np.asarray(inst["keypoints"], np.float32)[0],
+                         "scores": np.asarray(inst["keypoint_scores"], np.float32)[0], "ann_id": d.get("id")}

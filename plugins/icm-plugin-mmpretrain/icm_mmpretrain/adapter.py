@@ -115,6 +115,7 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     def features(self, x):
         """Backbone stage outputs (strides 4, 8, 16, 32 for the shipped ResNet)."""
+        self.check_differentiable("features")
         return list(self._stages(self._inputs(x)))
 
     def objectness(self, x):
@@ -124,6 +125,7 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         min-max normalised to [0, 1] per image, then resized to every ``features`` level, so one
         (N, 1, h, w) map per level as the interface asks.
         """
+        self.check_differentiable("objectness")
         stages = self._stages(self._inputs(x))
         cam = stages[-1].mean(dim=1, keepdim=True)
         lo = cam.amin(dim=(2, 3), keepdim=True)
@@ -138,6 +140,7 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         split tensor is not flipped: the flipped tensor is not the split tensor of the flipped image)."""
         from mmpretrain.structures import DataSample
 
+        self.check_differentiable("the task loss")
         x = decoded.to(self.device)
         if self._model.training and self.consumes == "pixels":  # a mirrored split tensor is not the mirror's
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
@@ -152,10 +155,42 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return sum(v for k, v in losses.items() if "loss" in k)
 
     def predict(self, batch: Batch):
+        if self.consumes == "pixels":  # mmpretrain's own predict: test pipeline, data preprocessor, softmax
+            from icm.openmmlab_pipeline import to_uint8
+
+            with torch.no_grad(), openmmlab.scope("mmpretrain"):
+                inputs, samples = self.library_inputs(to_uint8(batch.images), [self.image_info(s) for s in batch.samples])
+                out = self._model.predict(inputs, samples)
+            scores = [o.pred_score.float().cpu().numpy() for o in out]
+            return [{"scores": sc.astype(np.float32), "label": int(sc.argmax())} for sc in scores]
         with torch.no_grad():
             scores = F.softmax(self._logits(self._stages(self._inputs(batch.images))), dim=1)
         scores = scores.float().cpu().numpy()
         return [{"scores": s.astype(np.float32), "label": int(s.argmax())} for s in scores]
+
+    def library_test(self, images):
+        """mmpretrain's test loop: a CustomDataset over the classification list, its test pipeline, the
+        model's own predict and Accuracy (top-1, percent, unrounded)."""
+        from mmpretrain.evaluation import Accuracy
+
+        from icm.tasks import LibraryTest
+
+        root = Path(self.dataset.root)
+        ann = Path(self.dataset.annotations["classification"])
+        listed = [str((root / line.rsplit(maxsplit=1)[0]).resolve()) for line in ann.read_text().splitlines() if line.strip()]
+        wanted = [str(Path(s["file_name"]).resolve()) for s in images]
+        dataset = dict(type="CustomDataset", data_root=str(root), ann_file=str(ann.resolve()), data_prefix="",
+                       with_label=True, metainfo=dict(classes=tuple(self.model_classes)), test_mode=True,
+                       indices=openmmlab.subset_positions(listed, wanted),
+                       pipeline=[dict(type="LoadImageFromFile")] + self.pipeline.steps)
+        ids = dict(zip(wanted, (s["id"] for s in images)))
+
+        def convert(d):
+            scores = d["pred_score"].float().cpu().numpy().astype(np.float32)
+            return ids[str(Path(d["img_path"]).resolve())], {"scores": scores, "label": int(scores.argmax())}
+
+        got, results = openmmlab.run_library_test(self, images, dataset, Accuracy(topk=(1,)), convert)
+        return LibraryTest(dict(got), {"top1": float(results["accuracy/top1"]) / 100}, note="Accuracy: top-1 only")
 
     def evaluator(self, pseudo_ground_truth=None):
         return AccuracyEvaluator(self, pseudo_ground_truth)

@@ -5,6 +5,7 @@ preprocessor pads to a training crop size."""
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,10 +114,12 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     # -- model stages ---------------------------------------------------------------------------------
     def features(self, x):
         """The FPN neck outputs (strides 4, 8, 16, 32; 64 channels each)."""
+        self.check_differentiable("features")
         return list(self._model.extract_feat(self._inputs(x)))
 
     def logits(self, x):
         """Differentiable class logits (N, C, h, w) at the decode head's stride 4 (of the padded input)."""
+        self.check_differentiable("logits")
         return self._model.decode_head(self._model.extract_feat(self._inputs(x)))
 
     def objectness(self, x):
@@ -124,12 +127,14 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         classes per location, (N, 1, h, w) at the logits resolution (stride 4). The interface asks for
         one map per ``features`` level, so the list holds that map followed by its average-pooled
         copies at the coarser neck levels (strides 8, 16, 32)."""
+        self.check_differentiable("objectness")
         feats = self._model.extract_feat(self._inputs(x))
         conf = self._model.decode_head(feats).softmax(dim=1).amax(dim=1, keepdim=True)
         return [conf] + [F.adaptive_avg_pool2d(conf, f.shape[-2:]) for f in feats[1:]]
 
     def loss(self, decoded, batch):
         """mmseg's own decode-head loss (cross-entropy, 255 ignored) against the dataset's label maps."""
+        self.check_differentiable("the task loss")
         inputs = self._inputs(decoded)
         samples = self._data_samples(batch, self._image_hw(inputs), with_gt=True)
         with openmmlab.scope("mmseg"):
@@ -137,6 +142,8 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items() if "loss" in k)
 
     def predict(self, batch):
+        if self.consumes == "pixels":
+            return self._library_predict(batch)
         h, w = batch.image_size
         with torch.no_grad():
             inputs = self._inputs(batch.images)
@@ -150,6 +157,38 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
                     li = F.interpolate(li, size=(s["height"], s["width"]), mode="bilinear", align_corners=False)
                 preds.append({"sem_seg": li[0].argmax(0).cpu().numpy().astype(np.uint8)})
         return preds
+
+    def _library_predict(self, batch):
+        """mmseg's own predict: the test pipeline, the data preprocessor, ``test_cfg`` (whole or slide)
+        and the logits resized back to the original image, as in its test loop."""
+        from icm.openmmlab_pipeline import to_uint8
+
+        with torch.no_grad(), openmmlab.scope("mmseg"):
+            inputs, samples = self.library_inputs(to_uint8(batch.images), [self.image_info(s) for s in batch.samples])
+            out = self._model.predict(inputs, samples)
+        return [{"sem_seg": o.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)} for o in out]
+
+    def library_test(self, images):
+        """mmseg's test loop: a BaseSegDataset over the images and label PNGs, its test pipeline, the
+        model's own predict (whole or slide) and IoUMetric (percent, 2 decimals)."""
+        from mmseg.evaluation import IoUMetric
+
+        from icm.tasks import LibraryTest
+
+        ds = self.dataset
+        suffix = ds.meta.get("image_suffix") or Path(images[0]["file_name"]).suffix
+        files = sorted(str(s["file_name"]) for s in ds.images)  # mmseg lists the folder, sorted by path
+        steps = self.pipeline.steps
+        dataset = dict(type="BaseSegDataset", data_root="", test_mode=True, img_suffix=suffix,
+                       seg_map_suffix=ds.meta.get("semantic_suffix", ".png"), metainfo=dict(classes=tuple(self.classes)),
+                       data_prefix=dict(img_path=str(ds.images_dir), seg_map_path=str(ds.annotations["semantic_dir"])),
+                       indices=openmmlab.subset_positions(files, [str(s["file_name"]) for s in images]),
+                       pipeline=[dict(type="LoadImageFromFile"), *steps[:-1], dict(type="LoadAnnotations"), steps[-1]])
+        ids = {str(s["file_name"]): s["id"] for s in images}
+        got, results = openmmlab.run_library_test(self, images, dataset, IoUMetric(iou_metrics=["mIoU"]),
+            lambda d: (ids[d["img_path"]], {"sem_seg": d["pred_sem_seg"]["data"][0].cpu().numpy().astype(np.uint8)}))
+        metrics = {k: float(results[k]) / 100 for k in self.metrics if k in results}
+        return LibraryTest(dict(got), metrics, rounding=0.00005, note="IoUMetric prints percent to 2 decimals")
 
     def evaluator(self, pseudo_ground_truth=None):
         return IoUEvaluator(self, pseudo_ground_truth)

@@ -52,6 +52,13 @@ model = dict(
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=200, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
         rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=50, mask_thr_binary=0.5),
-        # HeuristicFusionHead; instances below panoptic_score_thr are dropped before fusion (icm adapter)
-        panoptic=dict(mask_overlap=0.5, stuff_area_limit=64, panoptic_score_thr=0.5)),
+        # HeuristicFusionHead: fuses every instance the R-CNN keeps (rcnn.score_thr), as mmdet does
+        panoptic=dict(mask_overlap=0.5, stuff_area_limit=64)),
 )
+# The test pipeline icm and mmdet's own test loop run: the native size (Resize by 1 only records the
+# scale factor that predict(rescale=True) reads; the data preprocessor pads to a multiple of 32).
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale_factor=1.0, keep_ratio=True),
+    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+]

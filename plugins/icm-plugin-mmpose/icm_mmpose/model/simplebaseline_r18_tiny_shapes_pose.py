@@ -18,9 +18,18 @@ model = dict(
                   init_cfg=None),
     head=dict(type="HeatmapHead", in_channels=256, out_channels=5, deconv_out_channels=(64, 64, 64, 32),
               deconv_kernel_sizes=(4, 4, 4, 4), loss=dict(type="KeypointMSELoss", use_target_weight=True), decoder=codec),
-    # flip test: the icm adapter averages the keypoints decoded from the crop and its mirror (no heatmap shift)
-    test_cfg=dict(flip_test=True, flip_mode="heatmap", shift_heatmap=False),
+    # flip test as mmpose runs it: the mirrored crop's heatmaps are flipped back, shifted by one heatmap
+    # pixel and averaged with the crop's own before one decode
+    test_cfg=dict(flip_test=True, flip_mode="heatmap", shift_heatmap=True),
 )
+# The test pipeline icm and mmpose's own test loop run: each ground-truth box padded 1.25x about its
+# centre and warped (cv2, affine) to the 64x64 model input.
+test_pipeline = [
+    dict(type="LoadImage"),
+    dict(type="GetBBoxCenterScale", padding=1.25),
+    dict(type="TopdownAffine", input_size=codec["input_size"]),
+    dict(type="PackPoseInputs"),
+]
 # Used when the bound dataset's meta lacks them (the `shapes` values).
 dataset_meta = dict(
     keypoint_names=["head", "left_hand", "right_hand", "left_foot", "right_foot"],

@@ -17,3 +17,6 @@ model = dict(
     head=dict(type="LinearClsHead", num_classes=num_classes, in_channels=256,
               loss=dict(type="CrossEntropyLoss", loss_weight=1.0), topk=(1,), init_cfg=None),
 )
+# The test pipeline icm and mmpretrain's own test loop run: the image at its native size (the
+# classifier pools globally).
+test_pipeline = [dict(type="LoadImageFromFile"), dict(type="PackInputs")]

@@ -23,3 +23,6 @@ model = dict(
     train_cfg=dict(),
     test_cfg=dict(mode="whole"),
 )
+# The test pipeline icm and mmseg's own test loop run: the image at its native size, the whole image
+# at once (test_cfg mode "whole").
+test_pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]

@@ -1,0 +1,128 @@
+"""Running a model on decoded pixels as its library's own test loop does.
+
+mmengine's ``Runner.test()`` loads each image, runs the config's test pipeline (resize, pad, crop,
+the top-down affine of mmpose), packs it, and hands the batch to the model's data preprocessor
+(normalisation, padding to a size divisor) before ``predict``. icm does the same with the library's
+own transform classes and data preprocessor, on the decoded pixels instead of a file, so an
+uncompressed image gives exactly the library's number (the plugins' parity tests check it against
+``Runner.test()``). Resizes are mmcv's (cv2 on uint8): a float resize would not give the same pixels.
+
+Only steps whose job is geometry or packing are run; loading is icm's (the decoded pixels, the
+dataset's annotations). Any other step is refused in one line before anything is coded, never
+skipped in silence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from icm.errors import UserError
+
+# What the library would load from files: icm hands over the decoded pixels and reads annotations itself.
+LOADING = {"LoadImageFromFile", "LoadImageFromNDArray", "LoadImage", "LoadAnnotations", "LoadPanopticAnnotations",
+           "LoadImageFromNpyFile"}
+PACKING = {"PackDetInputs", "PackSegInputs", "PackPoseInputs", "PackInputs", "PackClsInputs"}
+# Deterministic geometry, run with the library's own classes.
+GEOMETRY = {"Resize", "Pad", "ResizeEdge", "CenterCrop", "GetBBoxCenterScale", "TopdownAffine", "FixShapeResize"}
+DEFAULT_PACK = {"mmdet": "PackDetInputs", "mmseg": "PackSegInputs", "mmpose": "PackPoseInputs",
+                "mmpretrain": "PackInputs"}
+WHY_NOT = {"RandomResize": "it draws a random size", "TestTimeAug": "test-time augmentation is not supported",
+           "RandomFlip": "it flips at random", "RandomCrop": "it crops at random"}
+
+
+def configured_steps(cfg) -> list[dict] | None:
+    """The test pipeline of an mmengine config: ``test_dataloader.dataset.pipeline`` (through wrapper
+    datasets), else ``test_pipeline``; None when the config has neither."""
+    loader = cfg.get("test_dataloader") or {}
+    ds = loader.get("dataset") if isinstance(loader, dict) else None
+    while isinstance(ds, dict) and "pipeline" not in ds and isinstance(ds.get("dataset"), dict):
+        ds = ds["dataset"]
+    if isinstance(ds, dict) and ds.get("pipeline") is not None:
+        return [dict(s) for s in ds["pipeline"]]
+    if cfg.get("test_pipeline") is not None:
+        return [dict(s) for s in cfg["test_pipeline"]]
+    return None
+
+
+def is_identity(step: dict) -> bool:
+    """A geometric step that leaves the pixels as they are (``Resize(scale_factor=1.0)``, which only
+    records the scale factor mmdet's ``rescale`` reads)."""
+    if step.get("type") != "Resize" or step.get("scale") is not None:
+        return False
+    factor = step.get("scale_factor")
+    return factor is not None and all(float(f) == 1.0 for f in (factor if isinstance(factor, (tuple, list)) else [factor]))
+
+
+class TestPipeline:
+    """The geometric and packing steps of a config's test pipeline, built from the library's registry.
+
+    ``task`` names the task in refusals. A config without a test pipeline gets the library's packing
+    step alone: the model reads the image at its native size (icm's behaviour for such configs)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, cfg, lib: str, task: str):
+        from icm.openmmlab import scope
+
+        steps = configured_steps(cfg)
+        self.declared = steps is not None
+        steps = steps if steps is not None else [{"type": DEFAULT_PACK[lib]}]
+        for step in steps:
+            kind = step.get("type")
+            if kind in LOADING | PACKING | GEOMETRY:
+                continue
+            why = WHY_NOT.get(kind, "not a geometric step icm runs on decoded pixels")
+            raise UserError(f"task {task}: test pipeline step {kind} cannot be run on decoded pixels ({why}); "
+                            f"icm runs {', '.join(sorted(GEOMETRY))} and the loading/packing steps")
+        packs = [s for s in steps if s["type"] in PACKING] or [{"type": DEFAULT_PACK[lib]}]
+        self.steps = [s for s in steps if s["type"] in GEOMETRY] + packs[-1:]
+        self.geometry = [s["type"] for s in self.steps[:-1] if not is_identity(s)]
+        self.lib = lib
+        registry = __import__(f"{lib}.registry", fromlist=["TRANSFORMS"]).TRANSFORMS
+        with scope(lib):
+            try:
+                self.transforms = [registry.build(dict(s)) for s in self.steps]
+            except Exception as exc:
+                raise UserError(f"task {task}: cannot build the test pipeline ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200]})") from None
+
+    @property
+    def native(self) -> bool:
+        """True when the model reads the pixels as decoded: no step changes their size or content."""
+        return not self.geometry
+
+    def digest(self) -> str:
+        """What the predictions depend on in the pipeline, for the prediction cache key."""
+        return hashlib.sha256(json.dumps(self.steps, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def __call__(self, rgb: np.ndarray, **info) -> dict:
+        """One decoded image (H, W, 3 uint8 RGB) through the steps; ``info`` adds what the library's
+        dataset would have put in the results (img_id, bbox, ...). Returns the packed
+        ``{"inputs": CHW uint8 tensor, "data_samples": ...}``."""
+        h, w = rgb.shape[:2]
+        # OpenMMLab loads BGR (cv2); its data preprocessor flips to RGB when the config says bgr_to_rgb
+        results = {"img": np.ascontiguousarray(rgb[..., ::-1]), "img_shape": (h, w), "ori_shape": (h, w), **info}
+        from icm.openmmlab import scope
+
+        with scope(self.lib):
+            for t in self.transforms:
+                results = t(results)
+                if results is None:
+                    raise UserError(f"test pipeline step {type(t).__name__} dropped an image")
+        return results
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) [0, 1] pixels -> (N, H, W, 3) uint8, as the decoded file holds them."""
+    return images.detach().mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def preprocess(model, packed: list[dict]):
+    """The model's data preprocessor on packed samples, as ``model.test_step`` calls it: (inputs, samples)."""
+    data = model.data_preprocessor({"inputs": [p["inputs"] for p in packed],
+                                    "data_samples": [p["data_samples"] for p in packed]}, False)
+    return data["inputs"], data["data_samples"]

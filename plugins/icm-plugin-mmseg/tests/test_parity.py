@@ -1,0 +1,32 @@
+"""icm's seg accuracy on uncompressed images equals mmseg's own test loop (Runner.test with a
+BaseSegDataset, the test pipeline, the model's whole or slide inference and IoUMetric)."""
+
+import pytest
+import torch
+
+from icm.plugins import get_plugins
+from icm.testing import shipped_config, shipped_weights
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def val(icm_shapes_val):
+    torch.set_num_threads(1)
+    return icm_shapes_val.dataset
+
+
+def test_the_shipped_model_matches_mmseg(val, icm_assert_parity):
+    rows = icm_assert_parity({"seg": get_plugins().tasks.get("seg")().bind(val)}, val.images[:N])
+    assert rows[0]["library_metric"] is not None and rows[0]["icm"] > 0.5
+
+
+def test_slide_inference_behind_a_resize_matches_mmseg(val, icm_assert_parity):
+    cls = get_plugins().tasks.get("seg")
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(192, 192), keep_ratio=True),
+                dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    config = shipped_config(cls, test_pipeline=pipeline, test_cfg=dict(mode="slide", crop_size=(64, 64), stride=(48, 48)))
+    adapter = cls(config=config, checkpoint=shipped_weights(cls)).bind(val)
+    slide = icm_assert_parity({"seg": adapter}, val.images[:N])
+    native = icm_assert_parity({"seg": cls().bind(val)}, val.images[:N])
+    assert slide[0]["icm"] != native[0]["icm"]
