@@ -1,4 +1,5 @@
-"""The ``icm`` command line. User errors end in one line on stderr and exit code 2, never a traceback."""
+"""The ``icm`` command line. User errors end in one line on stderr and exit code 2, never a traceback;
+faults of the run (a full disk, a dead worker, a damaged checkpoint) in one line and exit code 1."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from icm.errors import PEER_STOPPED_EXIT, IcmError, PeerStopped, UserError
+from icm.errors import PEER_STOPPED_EXIT, IcmError, PeerStopped, RunFault, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -287,6 +288,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
+    except RunFault as exc:
+        click.echo(f"icm: error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # a full disk, a read-only folder: a fault of the run, said in one line
+        from icm.faults import fault_line
+
+        line = fault_line(exc)
+        if line is None:
+            raise
+        click.echo(f"icm: error: {line}", err=True)
+        sys.exit(1)
     except IcmError as exc:
         click.echo(f"icm: error: {exc}", err=True)
         sys.exit(2)

@@ -1,4 +1,5 @@
-"""Errors the CLI turns into a one-line message and exit code 2 (no traceback)."""
+"""Errors the CLI turns into a one-line message (no traceback): exit code 2 for the user's errors,
+1 for faults of the run itself (:class:`RunFault`)."""
 
 
 class IcmError(Exception):
@@ -15,6 +16,10 @@ class BitstreamError(UserError):
 
 class CodecUnavailable(UserError):
     """A registered codec whose backend is missing on this machine (e.g. vvencapp not on PATH)."""
+
+
+class RunFault(IcmError):
+    """The run itself failed, not its input: a damaged checkpoint, a worker that died. Exit code 1."""
 
 
 class PeerStopped(IcmError):

@@ -466,6 +466,9 @@ class Engine:
         points = self.codec_points()
         if rank == 0:  # everything is checked: from here on a failed run must not leave old results looking current
             set_aside_previous(self.out)
+            from icm.faults import remove_stale_temporaries
+
+            remove_stale_temporaries(self.out)  # a killed run's half-written files
         originals = {}
         with self.clock.stage("load/images"):
             for s in shard:
@@ -474,6 +477,10 @@ class Engine:
                     originals[s["id"]] = (img, image_key(img))
                 except UserError as exc:
                     self.fail({"image_id": s["id"], "stage": "load", "error": str(exc)})
+        if rank == 0 and originals:  # before any coding: is there room for what this run will write?
+            from icm.evaluation.space import cache_estimate, warn_if_short
+
+            warn_if_short(self.out, *cache_estimate(self, points, adapters, mkeys, originals, len(images) / len(shard)))
 
         records, predictions = [], {t: {} for t in adapters}
         from tqdm import tqdm
@@ -591,9 +598,10 @@ class Engine:
                     ev.process([preds[i] for i in ids], [by_id[i] for i in ids])
                     metrics = {**dict(ev.compute()), "images": len(ids)}
                 outcomes[(task, point.label)] = ("ok", metrics)
-                write_json(cached, metrics)
             except Exception as exc:  # reported by name; the other tasks and points are kept
                 outcomes[(task, point.label)] = ("error", error_text(exc))
+                continue
+            write_json(cached, metrics)  # outside the try: a full disk is the run's fault, not the task's
         spent = {k: v - before.get(k, 0.0) for k, v in self.clock.seconds.items() if k.startswith(("score/", "hash/"))}
         gathered = gather({"outcomes": outcomes, "seconds": spent, "hits": hits}, world)
         merged, seconds = {}, Stopwatch()
@@ -730,9 +738,12 @@ def set_aside_previous(out: Path) -> None:
         return
     aside = out / PREVIOUS
     shutil.rmtree(aside, ignore_errors=True)
-    aside.mkdir(parents=True)
+    aside.mkdir(parents=True, exist_ok=True)
     for name in present:
-        os.replace(out / name, aside / name)
+        try:
+            os.replace(out / name, aside / name)
+        except OSError:  # another run on the same OUT moved it first (or is moving it now)
+            pass
 
 
 def write_json(path: Path, obj) -> None:

@@ -11,6 +11,7 @@ such a rank fails on its own, so an error is still one line.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +58,21 @@ def _note_failures(procs, failed: list[tuple[int, int]]) -> None:
     failed += [(r, p.poll()) for r, p in enumerate(procs) if r not in seen and p.poll() not in (None, 0)]
 
 
+def _die_with(parent: int):
+    """A worker's pre-exec step: the kernel kills it when the launcher dies (``kill -9`` of ``icm
+    evaluate``), so no orphaned worker goes on writing into OUT beside the next run."""
+    def setup():
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+        except (OSError, AttributeError):  # not Linux: a worker may outlive a killed launcher
+            return
+        if os.getppid() != parent:  # the launcher died before the line above
+            os._exit(1)
+    return setup
+
+
 def launch(argv: list[str], workers: int) -> int:
     """Run ``icm <argv> --workers 1`` as ``workers`` ranks; returns the exit code to use."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(workers),
@@ -68,7 +84,7 @@ def launch(argv: list[str], workers: int) -> int:
             log = None if rank == 0 else tempfile.TemporaryFile()
             logs.append(log)
             procs.append(subprocess.Popen(cmd, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                                          stdout=log or None, stderr=log or None))
+                                          stdout=log or None, stderr=log or None, preexec_fn=_die_with(os.getpid())))
         failed: list[tuple[int, int]] = []  # (rank, exit code), in the order the ranks failed
         while True:  # one rank failing would leave the others waiting in a collective: stop them all
             _note_failures(procs, failed)
@@ -93,6 +109,11 @@ def launch(argv: list[str], workers: int) -> int:
         return 0
     # the cause is the first rank that failed on its own, not one that only lost its peer (which is silent)
     rank, code = next(((r, c) for r, c in failed if c != PEER_STOPPED_EXIT), failed[0])
+    if code < 0:  # killed by a signal (the OOM killer, kill -9): it said nothing, so say who and how
+        from icm.faults import signal_line
+
+        print(f"icm: error: {signal_line(rank, -code)}", file=sys.stderr)
+        return 1
     if rank != 0 and procs[0].returncode in (0, None, -15, PEER_STOPPED_EXIT):  # rank 0 said nothing: show the rank's words
         logs[rank].seek(0)
         lines = [ln for ln in logs[rank].read().decode(errors="replace").splitlines() if ln.strip()]

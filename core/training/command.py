@@ -58,6 +58,14 @@ def train(configs, stage_name, dataset, tasks, out, epochs, resume, no_reevaluat
         cfg.epochs = epochs or cfg.epochs
         cfg.reevaluate = cfg.reevaluate and not no_reevaluate
     check_inits(runs, recipe)
+    from pathlib import Path
+
+    from icm.faults import check_out_dir
+
+    for _, cfg in runs:  # a file or a read-only folder is refused before any model loads
+        check_out_dir(cfg.out, "--out" if out else "out")
+        if cfg.export:
+            check_out_dir(Path(cfg.export).parent, "export")
     for name, cfg in runs:
         if len(runs) > 1 and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
             click.echo(f"== {name} -> {cfg.out}")

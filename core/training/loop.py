@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from icm.bitstream import atomic_write_bytes
 from icm.datasets import load_dataset
-from icm.errors import IcmError, UserError
+from icm.errors import IcmError, RunFault, UserError
 from icm.evaluation.engine import _jsonable, dist_setup, gather, leave_together, write_json
+from icm.faults import remove_stale_temporaries
 from icm.plugins import get_plugins
 from icm.tasks import Batch
 from icm.training import codec as C
@@ -116,6 +117,10 @@ class Run:
                 shutil.rmtree(self.out / name, ignore_errors=True)
             for name in ("log.json", "plot.png", "pareto.json"):
                 (self.out / name).unlink(missing_ok=True)
+        if self.rank == 0:  # the half-written files of a run killed during a write
+            remove_stale_temporaries(self.out)
+            if cfg.export:
+                remove_stale_temporaries(Path(cfg.export).parent, f".{Path(cfg.export).name}.*.tmp", recursive=False)
         _barrier(self.world)
         self.train_ds, self.val_ds = load_dataset(cfg.dataset, cfg.train_split), load_dataset(cfg.dataset, cfg.val_split)
         self.train_images = self.train_ds.images[: cfg.train_limit] if cfg.train_limit else self.train_ds.images
@@ -167,7 +172,14 @@ class Run:
         path = self.ckdir / STATE
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+                raise ValueError("not a training state")
+        except Exception as exc:  # written atomically, so damaged from outside: never half of a save
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise RunFault(f"{path} is damaged ({why}); the epoch checkpoints beside it are intact, but the "
+                           f"optimiser state is lost: use --no-resume to start again, or another --out") from None
         changed = _changed_keys(state.get("config", {}), plain(self.cfg.to_dict()))
         if changed:
             raise UserError(f"{path} was trained with another config ({', '.join(changed)} differ): "
