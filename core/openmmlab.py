@@ -334,15 +334,25 @@ class OpenMMLabAdapter:
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def check_differentiable(self, what: str) -> None:
-        """The differentiable path runs the model on the decoded pixels as they are (plus the adapter's
-        own geometry, e.g. pose crops); a test pipeline that resizes or crops is refused there, in one
-        line, rather than trained or read at another size than it is evaluated at."""
+    def geometry(self, hw: tuple[int, int]):
+        """The test pipeline's geometric steps (but the adapter's own) for images of size ``hw``, as a
+        differentiable torch transform (:class:`~icm.openmmlab_pipeline.Geometry`); one per size."""
+        cache = self.__dict__.setdefault("_geometries", {})
+        if tuple(hw) not in cache:
+            cache[tuple(hw)] = self.pipeline.trace(tuple(hw), skip=self.own_geometry)
+        return cache[tuple(hw)]
+
+    def check_differentiable(self, what: str, crops: bool = True) -> None:
+        """Feature readers cannot follow a pipeline that changes the pixels (a split tensor is not
+        resized as the pixels would be), and ``crops=False`` paths (losses against ground truth that is
+        not cropped with the image) cannot follow a crop: refused in one line, never run differently."""
         other = [g for g in self.pipeline.geometry if g not in self.own_geometry]
-        if other and self.consumes == "pixels":
-            raise UserError(f"task {self.name}: {what} runs the model on the decoded pixels at their own size, "
-                            f"and this config's test pipeline changes them ({', '.join(other)}); "
-                            f"use a config whose test pipeline keeps the native size")
+        if other and self.consumes == "features":
+            raise UserError(f"task {self.name}: {what} of a feature reader cannot follow this config's test "
+                            f"pipeline ({', '.join(other)}); use a config whose test pipeline keeps the native size")
+        if not crops and "CenterCrop" in other:
+            raise UserError(f"task {self.name}: {what} cannot follow the test pipeline's CenterCrop "
+                            f"(its ground truth is not cropped)")
 
     def library_inputs(self, images, infos: list[dict]):
         """Decoded images (uint8 RGB, see :func:`~icm.openmmlab_pipeline.to_uint8`) as the library's
@@ -360,15 +370,18 @@ class OpenMMLabAdapter:
         return {"img_id": sample["id"], "img_path": str(sample["file_name"])}
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised model input, zero-padded (after normalisation) to a multiple of 32 at the bottom/right.
+        """Normalised model input: the test pipeline's geometry (:meth:`geometry`), then zero-padded
+        (after normalisation, as the data preprocessors do) to a multiple of 32 at the bottom/right.
         A feature reader's input is the split tensor itself, not normalised, zero-padded to a multiple of
         32 / stride (8 for stride 4), so the padded image it stands for is a multiple of 32 as for pixels."""
         import torch.nn.functional as F
 
+        features = getattr(self, "consumes", "pixels") == "features"
+        if not features:  # the test pipeline's resize, crop and pad, differentiably
+            x = self.geometry(tuple(x.shape[-2:]))(x.to(self.device))
         h, w = x.shape[-2:]
         multiple = 32 // self.input_stride
         ph, pw = (-h) % multiple, (-w) % multiple
-        features = getattr(self, "consumes", "pixels") == "features"
         x = x.to(self.device) if features else normalise(x.to(self.device), self.cfg)
         return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 

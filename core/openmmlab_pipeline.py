@@ -116,6 +116,67 @@ class TestPipeline:
         return results
 
 
+    # -- the differentiable path ----------------------------------------------------------------------
+    def trace(self, hw: tuple[int, int], skip: tuple[str, ...] = ()) -> "Geometry":
+        """What the geometric steps (but ``skip``) do to an image of size ``hw``, read off the library's
+        own transforms run on a blank image of that size: sizes, crop offsets, padding, scale factor."""
+        from icm.openmmlab import scope
+
+        h, w = hw
+        results = {"img": np.zeros((h, w, 3), np.uint8), "img_shape": (h, w), "ori_shape": (h, w),
+                   "scale_factor": (1.0, 1.0)}
+        ops = []
+        with scope(self.lib):
+            for step, t in zip(self.steps[:-1], self.transforms[:-1]):
+                if step["type"] in skip or is_identity(step):
+                    continue
+                before = results["img"].shape[:2]
+                results = t(results)
+                ops.append((step, before, results["img"].shape[:2]))
+        return Geometry(ops, tuple(results.get("scale_factor", (1.0, 1.0))), tuple(results["img_shape"][:2]))
+
+
+class Geometry:
+    """The geometric steps of a test pipeline for one input size, in torch on [0, 1] pixels, so the
+    losses and features ``icm train`` reads see the pixels the evaluation's model sees. Resizes are
+    torch's bilinear (within a grey level of cv2's fixed-point one, which the evaluation uses)."""
+
+    MODES = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic"}
+
+    def __init__(self, ops: list, scale_factor: tuple, img_shape: tuple):
+        self.ops, self.scale_factor, self.img_shape = ops, scale_factor, img_shape
+        # the size after the last resize or crop, before any padding: where ground truth is mapped to
+        sizes = [after for step, _, after in ops if step["type"] != "Pad"]
+        self.resized = tuple(sizes[-1]) if sizes else (tuple(ops[0][1]) if ops else None)
+
+    @property
+    def crops(self) -> bool:
+        return any(step["type"] == "CenterCrop" for step, *_ in self.ops)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        for step, (h0, w0), (h1, w1) in self.ops:
+            kind = step["type"]
+            if kind == "CenterCrop":  # mmcv's offsets: round((size - crop) / 2)
+                y0, x0 = max(0, int(round((h0 - h1) / 2.0))), max(0, int(round((w0 - w1) / 2.0)))
+                x = x[..., y0:y0 + h1, x0:x0 + w1]
+            elif kind == "Pad":
+                value = step.get("pad_val", 0)
+                value = value.get("img", 0) if isinstance(value, dict) else value
+                if isinstance(value, (tuple, list)):  # per-channel: pad with 0, then fill (BGR order in mmcv)
+                    out = x.new_zeros((*x.shape[:-2], h1, w1))
+                    out[..., :, :] = torch.tensor(value[::-1], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
+                    out[..., :h0, :w0] = x
+                    x = out
+                else:
+                    x = F.pad(x, (0, w1 - w0, 0, h1 - h0), value=float(value) / 255)
+            elif (h1, w1) != (h0, w0):  # Resize, ResizeEdge, FixShapeResize
+                mode = self.MODES.get(step.get("interpolation", "bilinear"), "bilinear")
+                x = F.interpolate(x, size=(h1, w1), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+        return x
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) [0, 1] pixels -> (N, H, W, 3) uint8, as the decoded file holds them."""
     return images.detach().mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

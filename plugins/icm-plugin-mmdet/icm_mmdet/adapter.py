@@ -92,10 +92,14 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         from mmengine.structures import InstanceData, PixelData
 
         out = []
+        # pixels: the test pipeline's geometry (its size and scale factor; ground truth is mapped with it)
+        geo = self.geometry(batch.image_size) if self.consumes == "pixels" else None
         for s in batch.samples:
             h, w = s["height"], s["width"]
-            ds = DetDataSample(metainfo=dict(img_id=s["id"], img_shape=(h, w), ori_shape=(h, w), pad_shape=padded_hw,
-                                             batch_input_shape=padded_hw, scale_factor=(1.0, 1.0)))
+            img_shape, (sx, sy) = (geo.img_shape, geo.scale_factor) if geo else ((h, w), (1.0, 1.0))
+            resized = geo.resized if geo else (h, w)
+            ds = DetDataSample(metainfo=dict(img_id=s["id"], img_shape=img_shape, ori_shape=(h, w), pad_shape=padded_hw,
+                                             batch_input_shape=padded_hw, scale_factor=(sx, sy)))
             if with_gt:
                 anns = [a for a in self._coco.imgToAnns.get(s["id"], []) if not a.get("iscrowd", 0)]
                 # dataset category -> the (first) model class scored as it: training labels by name too
@@ -103,14 +107,20 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
                 cat_index = {c: to_model[i] for i, c in enumerate(sorted(self._coco.getCatIds()))}
                 gt = InstanceData()
                 boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
-                gt.bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4).to(self.device)
+                scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+                gt.bboxes = (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale).to(self.device)
                 gt.labels = torch.tensor([cat_index[a["category_id"]] for a in anns], dtype=torch.long, device=self.device)
                 masks = np.stack([self._coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
-                gt.masks = BitmapMasks(masks, h, w)
+                gt.masks = BitmapMasks(masks, h, w) if resized == (h, w) else BitmapMasks(masks, h, w).resize(resized)
                 ds.gt_instances = gt
                 sem = self._panoptic_semantic(s)
                 if sem is not None:
-                    ds.gt_sem_seg = PixelData(sem_seg=torch.from_numpy(sem)[None].long().to(self.device))
+                    sem = torch.from_numpy(sem)[None, None].float()
+                    if resized != (h, w):
+                        sem = torch.nn.functional.interpolate(sem, size=resized, mode="nearest")
+                    sem = torch.nn.functional.pad(sem, (0, padded_hw[1] - sem.shape[-1], 0, padded_hw[0] - sem.shape[-2]),
+                                                  value=255)
+                    ds.gt_sem_seg = PixelData(sem_seg=sem[0].long().to(self.device))
             out.append(ds)
         return out
 
@@ -156,7 +166,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         return out
 
     def loss(self, decoded, batch):
-        self.check_differentiable("the task loss")
+        self.check_differentiable("the task loss", crops=False)
         inputs = self._inputs(decoded)
         samples = self._data_samples(batch, self._image_hw(inputs), with_gt=True)
         with openmmlab.scope("mmdet"):

@@ -46,3 +46,25 @@ def test_a_step_icm_cannot_run_is_refused_by_name(val):
                 dict(type="PackDetInputs")]
     with pytest.raises(UserError, match="RandomResize"):
         adapters(val, shipped_config(get_plugins().tasks.get("det"), test_pipeline=pipeline))
+
+
+def test_the_differentiable_path_sees_the_pixels_the_library_sees(val, icm_shapes_val, icm_batch):
+    """icm train's input (torch, differentiable) against the library's (cv2 on uint8): same size, within
+    a grey level or two, and the loss and features run at that size."""
+    from icm.openmmlab_pipeline import to_uint8
+
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(200, 200), keep_ratio=True),
+                dict(type="Pad", size_divisor=64, pad_val=dict(img=(10, 20, 30))),
+                dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
+    det = adapters(val, shipped_config(get_plugins().tasks.get("det"), test_pipeline=pipeline))["det"]
+    batch = icm_batch(icm_shapes_val.pixels(2), val.images[:2])
+    theirs, samples = det.library_inputs(to_uint8(batch.images), [det.image_info(s) for s in batch.samples])
+    mine = det._inputs(batch.images)
+    assert mine.shape == theirs.shape == (2, 3, 256, 256)  # 200 px, padded to 256 with the pipeline's colour
+    assert (mine - theirs).abs().max() < 3 / 57  # at most ~2 grey levels (normalised units)
+    assert samples[0].scale_factor == det.geometry((128, 128)).scale_factor
+    x = batch.images.clone().requires_grad_(True)
+    loss = det.loss(x, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad.abs().sum() > 0
+    assert det.features(batch.images)[0].shape[-2:] == (64, 64)  # stride 4 of the 256 px input

@@ -103,7 +103,8 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         classifier pools globally, and padding would change the average)."""
         if self.consumes == "features":
             return x.to(self.device)
-        return openmmlab.normalise(x.to(self.device), self.cfg)
+        x = self.geometry(tuple(x.shape[-2:]))(x.to(self.device))  # the test pipeline's resize and crop
+        return openmmlab.normalise(x, self.cfg)
 
     def _stages(self, inputs) -> tuple[torch.Tensor, ...]:
         feats = self._model.backbone(inputs)

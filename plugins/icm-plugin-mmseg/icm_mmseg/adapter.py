@@ -99,6 +99,8 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         out = []
         ph, pw = padded_hw
         h, w = batch.image_size  # the pixels' size (of the image a feature batch stands for)
+        if self.consumes == "pixels":  # after the test pipeline's resize (labels are mapped the same way)
+            h, w = self.geometry((h, w)).resized
         for s in batch.samples:
             ds = SegDataSample(metainfo=dict(img_id=s["id"], img_shape=(h, w), ori_shape=(s["height"], s["width"]),
                                              pad_shape=padded_hw, batch_input_shape=padded_hw))
@@ -134,7 +136,7 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     def loss(self, decoded, batch):
         """mmseg's own decode-head loss (cross-entropy, 255 ignored) against the dataset's label maps."""
-        self.check_differentiable("the task loss")
+        self.check_differentiable("the task loss", crops=False)
         inputs = self._inputs(decoded)
         samples = self._data_samples(batch, self._image_hw(inputs), with_gt=True)
         with openmmlab.scope("mmseg"):

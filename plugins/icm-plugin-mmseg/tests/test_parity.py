@@ -30,3 +30,21 @@ def test_slide_inference_behind_a_resize_matches_mmseg(val, icm_assert_parity):
     slide = icm_assert_parity({"seg": adapter}, val.images[:N])
     native = icm_assert_parity({"seg": cls().bind(val)}, val.images[:N])
     assert slide[0]["icm"] != native[0]["icm"]
+
+
+def test_the_loss_follows_a_resize_and_a_crop_is_refused(val, icm_shapes_val, icm_batch):
+    from icm.errors import UserError
+
+    cls = get_plugins().tasks.get("seg")
+    resize = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(96, 96), keep_ratio=True),
+              dict(type="PackSegInputs")]
+    adapter = cls(config=shipped_config(cls, test_pipeline=resize), checkpoint=shipped_weights(cls)).bind(val)
+    batch = icm_batch(icm_shapes_val.pixels(2), val.images[:2])
+    x = batch.images.clone().requires_grad_(True)
+    loss = adapter.loss(x, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad.abs().sum() > 0
+    assert adapter.logits(batch.images).shape[-2:] == (24, 24)  # stride 4 of 96 px
+    crop = [dict(type="LoadImageFromFile"), dict(type="CenterCrop", crop_size=96), dict(type="PackSegInputs")]
+    with pytest.raises(UserError, match="CenterCrop"):
+        cls(config=shipped_config(cls, test_pipeline=crop), checkpoint=shipped_weights(cls)).bind(val).loss(x, batch)
