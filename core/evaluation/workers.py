@@ -60,14 +60,17 @@ def _note_failures(procs, failed: list[tuple[int, int]]) -> None:
 
 def _die_with(parent: int):
     """A worker's pre-exec step: the kernel kills it when the launcher dies (``kill -9`` of ``icm
-    evaluate``), so no orphaned worker goes on writing into OUT beside the next run."""
-    def setup():
-        try:
-            import ctypes
+    evaluate``), so no orphaned worker goes on writing into OUT beside the next run. libc is looked up
+    here, before the fork: the child only calls it."""
+    try:
+        import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-        except (OSError, AttributeError):  # not Linux: a worker may outlive a killed launcher
-            return
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: a worker may outlive a killed launcher
+        return None
+
+    def setup():
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the launcher died before the line above
             os._exit(1)
     return setup
