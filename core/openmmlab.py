@@ -505,6 +505,7 @@ def run_library_test(adapter, images: list[dict], dataset: dict, metric, convert
     from mmengine.runner import Runner
 
     class Capture(BaseMetric):  # keeps what the loop predicted, so icm can score it too
+        default_prefix = "icm"
         def process(self, data_batch, data_samples):
             self.results.extend(convert(d) for d in data_samples)
 
