@@ -177,7 +177,7 @@ class Run:
             if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
                 raise ValueError("not a training state")
         except Exception as exc:  # written atomically, so damaged from outside: never half of a save
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:120]
             raise RunFault(f"{path} is damaged ({why}); the epoch checkpoints beside it are intact, but the "
                            f"optimiser state is lost: use --no-resume to start again, or another --out") from None
         changed = _changed_keys(state.get("config", {}), plain(self.cfg.to_dict()))
