@@ -1,4 +1,5 @@
-"""mmdet adapters. One PanopticFPN serves det, inst and panoptic; det also takes any two-stage
+"""mmdet adapters. One PanopticFPN serves det, inst and panoptic (panoptic through its own config,
+whose R-CNN keeps only the instances its fusion should see); det also takes any two-stage
 (Faster R-CNN, ...) or single-stage (RetinaNet, FCOS, YOLOX, ...) mmdet detector config. The adapter
 calls the model's stages itself so gradients reach the pixels and the instance predictions stay
 available next to the panoptic fusion.
@@ -361,6 +362,7 @@ class CocoEvaluator(Evaluator):
 class PanopticAdapter(MMDetAdapter):
     name, primary_metric, metrics = "panoptic", "PQ", ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
     description = "panoptic segmentation (mmdet PanopticFPN), PQ"
+    default_config = "model/panoptic_fpn_r18_tiny_shapes_panoptic.py"  # det's model, the R-CNN at score 0.5
 
     def bind(self, dataset):
         for cached in ("panoptic_categories", "panoptic_label_map"):
