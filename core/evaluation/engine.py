@@ -74,7 +74,9 @@ def model_key(adapter: TaskAdapter) -> str:
 
     reads = "" if getattr(adapter, "consumes", "pixels") == "pixels" else f"-{adapter.consumes}@{adapter.split}"
     # a feature reader with the pixel model's weights must not share the pixel model's cached predictions
-    return f"{adapter.name}{reads}-{tensor_hash(adapter.model.state_dict()).hex()}"
+    # and the test pipeline and test-time settings change predictions as much as the weights do
+    settings = adapter.settings_key()
+    return f"{adapter.name}{reads}-{tensor_hash(adapter.model.state_dict()).hex()}" + (f"-{settings}" if settings else "")
 
 
 # -- distributed ---------------------------------------------------------------------------------------
