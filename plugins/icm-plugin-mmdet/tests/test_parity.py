@@ -68,3 +68,8 @@ def test_the_differentiable_path_sees_the_pixels_the_library_sees(val, icm_shape
     loss.backward()
     assert torch.isfinite(loss) and x.grad.abs().sum() > 0
     assert det.features(batch.images)[0].shape[-2:] == (64, 64)  # stride 4 of the 256 px input
+
+
+def test_the_shipped_config_declares_a_native_size_test_pipeline(val):
+    adapter = get_plugins().tasks.get("det")().bind(val)
+    assert adapter.pipeline.declared and adapter.pipeline.native

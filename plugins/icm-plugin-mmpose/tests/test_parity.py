@@ -30,3 +30,16 @@ def test_other_test_time_settings_match_mmpose(val, icm_assert_parity, test_cfg)
     cls = get_plugins().tasks.get("pose")
     adapter = cls(config=shipped_config(cls, test_cfg=test_cfg), checkpoint=shipped_weights(cls)).bind(val)
     icm_assert_parity({"pose": adapter}, val.images[:N])
+
+
+def test_the_shipped_config_declares_its_test_pipeline_and_settings_key_the_cache(val):
+    from icm.evaluation.engine import model_key
+
+    cls = get_plugins().tasks.get("pose")
+    shipped = cls().bind(val)
+    assert shipped.pipeline.declared and set(shipped.pipeline.geometry) == {"GetBBoxCenterScale", "TopdownAffine"}
+    same = cls(config=shipped_config(cls), checkpoint=shipped_weights(cls))
+    no_flip = cls(config=shipped_config(cls, test_cfg=dict(flip_test=False)), checkpoint=shipped_weights(cls))
+    assert model_key(same) == model_key(shipped)
+    assert model_key(no_flip) != model_key(shipped)  # same weights, other predictions: another cache folder
+    assert model_key(no_flip).split("-")[1] == model_key(shipped).split("-")[1]  # the weights hash

@@ -43,3 +43,8 @@ def test_the_differentiable_path_resizes_and_crops_as_the_library(val, icm_shape
     mine = adapter._inputs(batch.images)
     assert mine.shape == theirs.shape == (2, 3, 100, 100)
     assert (mine - theirs).abs().max() < 3 / 57
+
+
+def test_the_shipped_config_declares_a_native_size_test_pipeline(val):
+    adapter = get_plugins().tasks.get("cls")().bind(val)
+    assert adapter.pipeline.declared and adapter.pipeline.native

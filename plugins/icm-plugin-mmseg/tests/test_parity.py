@@ -48,3 +48,8 @@ def test_the_loss_follows_a_resize_and_a_crop_is_refused(val, icm_shapes_val, ic
     crop = [dict(type="LoadImageFromFile"), dict(type="CenterCrop", crop_size=96), dict(type="PackSegInputs")]
     with pytest.raises(UserError, match="CenterCrop"):
         cls(config=shipped_config(cls, test_pipeline=crop), checkpoint=shipped_weights(cls)).bind(val).loss(x, batch)
+
+
+def test_the_shipped_config_declares_a_native_size_test_pipeline(val):
+    adapter = get_plugins().tasks.get("seg")().bind(val)
+    assert adapter.pipeline.declared and adapter.pipeline.native
