@@ -34,7 +34,7 @@ def run(out: Path, limit: int, workers: int, task: list[str]) -> dict:
                     "--no-progress"], check=True, stdout=subprocess.DEVNULL)
     results = json.loads((out / "results.json").read_text())
     return {"stages": results["timing"]["stages"], "wall": results["timing"]["wall_seconds"],
-            "mAP": results["metrics"]["det"]["original"]["bbox_mAP"]}
+            "mAP": results["analysis"]["det"]["uncompressed"]}
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     from icm.paths import package_file
     from icm.plugins import get_plugins
 
-    det = get_plugins().tasks.get("det")
+    det = get_plugins().tasks.get("det").resolve()  # the adapter class behind the lazy factory
     base = package_file(det._package(), det.default_config)
     weights = package_file(det._package(), det.default_weights)
     with tempfile.TemporaryDirectory() as tmp:
