@@ -14,8 +14,7 @@ skipped in silence.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib
 
 import numpy as np
 import torch
@@ -82,7 +81,7 @@ class TestPipeline:
         self.steps = [s for s in steps if s["type"] in GEOMETRY] + packs[-1:]
         self.geometry = [s["type"] for s in self.steps[:-1] if not is_identity(s)]
         self.lib = lib
-        registry = __import__(f"{lib}.registry", fromlist=["TRANSFORMS"]).TRANSFORMS
+        registry = importlib.import_module(f"{lib}.registry").TRANSFORMS
         with scope(lib):
             try:
                 self.transforms = [registry.build(dict(s)) for s in self.steps]
@@ -94,10 +93,6 @@ class TestPipeline:
     def native(self) -> bool:
         """True when the model reads the pixels as decoded: no step changes their size or content."""
         return not self.geometry
-
-    def digest(self) -> str:
-        """What the predictions depend on in the pipeline, for the prediction cache key."""
-        return hashlib.sha256(json.dumps(self.steps, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def __call__(self, rgb: np.ndarray, **info) -> dict:
         """One decoded image (H, W, 3 uint8 RGB) through the steps; ``info`` adds what the library's
