@@ -128,7 +128,7 @@ class TestPipeline:
                 before = results["img"].shape[:2]
                 results = t(results)
                 ops.append((step, before, results["img"].shape[:2]))
-        return Geometry(ops, tuple(results.get("scale_factor", (1.0, 1.0))), tuple(results["img_shape"][:2]))
+        return Geometry(ops, tuple(results.get("scale_factor", (1.0, 1.0))), tuple(results["img_shape"][:2]), (h, w))
 
 
 class Geometry:
@@ -138,11 +138,11 @@ class Geometry:
 
     MODES = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic"}
 
-    def __init__(self, ops: list, scale_factor: tuple, img_shape: tuple):
+    def __init__(self, ops: list, scale_factor: tuple, img_shape: tuple, input_hw: tuple):
         self.ops, self.scale_factor, self.img_shape = ops, scale_factor, img_shape
         # the size after the last resize or crop, before any padding: where ground truth is mapped to
         sizes = [after for step, _, after in ops if step["type"] != "Pad"]
-        self.resized = tuple(sizes[-1]) if sizes else (tuple(ops[0][1]) if ops else None)
+        self.resized = tuple(sizes[-1]) if sizes else tuple(input_hw)
 
     @property
     def crops(self) -> bool:

@@ -73,3 +73,11 @@ def test_the_differentiable_path_sees_the_pixels_the_library_sees(val, icm_shape
 def test_the_shipped_config_declares_a_native_size_test_pipeline(val):
     adapter = get_plugins().tasks.get("det")().bind(val)
     assert adapter.pipeline.declared and adapter.pipeline.native
+
+
+def test_the_shipped_pipeline_leaves_the_loss_at_the_native_size(val, icm_shapes_val, icm_batch):
+    det = adapters(val)["det"]
+    geo = det.geometry((128, 128))
+    assert geo.resized == geo.img_shape == (128, 128) and geo.scale_factor == (1.0, 1.0)
+    batch = icm_batch(icm_shapes_val.pixels(2), val.images[:2])
+    assert torch.isfinite(det.loss(batch.images, batch))

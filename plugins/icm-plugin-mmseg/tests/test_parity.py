@@ -53,3 +53,10 @@ def test_the_loss_follows_a_resize_and_a_crop_is_refused(val, icm_shapes_val, ic
 def test_the_shipped_config_declares_a_native_size_test_pipeline(val):
     adapter = get_plugins().tasks.get("seg")().bind(val)
     assert adapter.pipeline.declared and adapter.pipeline.native
+
+
+def test_the_shipped_pipeline_leaves_the_loss_at_the_native_size(val, icm_shapes_val, icm_batch):
+    adapter = get_plugins().tasks.get("seg")().bind(val)
+    assert adapter.geometry((128, 128)).resized == (128, 128)
+    batch = icm_batch(icm_shapes_val.pixels(2), val.images[:2])
+    assert torch.isfinite(adapter.loss(batch.images, batch))
