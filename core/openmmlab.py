@@ -329,9 +329,8 @@ class OpenMMLabAdapter:
     def settings_key(self) -> str:
         """Everything besides the weights that changes a prediction: the test pipeline and the model's
         config (test-time settings, data preprocessor); part of the prediction cache key."""
-        text = json.dumps([self.pipeline.steps, self.cfg.model.to_dict() if hasattr(self.cfg.model, "to_dict")
-                           else dict(self.cfg.model), type(self).__qualname__, _plugin_version(self._package())],
-                          sort_keys=True, default=str)
+        text = json.dumps([self.pipeline.steps, self.cfg.model.to_dict(), type(self).__qualname__,
+                           _plugin_version(self._package())], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def geometry(self, hw: tuple[int, int]):
@@ -501,11 +500,13 @@ def run_library_test(adapter, images: list[dict], dataset: dict, metric, convert
     import tempfile
     import uuid
 
+    from mmengine.config import ConfigDict
     from mmengine.evaluator import BaseMetric, Evaluator
     from mmengine.runner import Runner
 
     class Capture(BaseMetric):  # keeps what the loop predicted, so icm can score it too
         default_prefix = "icm"
+
         def process(self, data_batch, data_samples):
             self.results.extend(convert(d) for d in data_samples)
 
@@ -517,8 +518,6 @@ def run_library_test(adapter, images: list[dict], dataset: dict, metric, convert
     # icm batches images of one size; so does the loop then (a mixed batch would be padded to its largest)
     batch_size = 8 if len({(s["height"], s["width"]) for s in images}) == 1 else 1
     cfg = model_cfg if model_cfg is not None else adapter.cfg.model
-    from mmengine.config import ConfigDict
-
     cfg = ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else copy.deepcopy(dict(cfg)))
     with tempfile.TemporaryDirectory(prefix="icm-library-test-") as work, scope(adapter.library), quiet():
         runner = Runner(model=cfg, work_dir=work, experiment_name=f"icm-library-test-{uuid.uuid4().hex[:8]}",
