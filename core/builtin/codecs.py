@@ -14,7 +14,7 @@ from icm.registry import Lazy
 COMPRESSAI_INSTALL = "pip install 'icm[learned]' && pip install --no-deps compressai==1.2.8"
 # How many gain levels each shipped continuous-rate codec's weights have: `icm codecs` lists the
 # default sweep (the trained levels) without loading them; a test checks them against the weights.
-SHIPPED_GAIN_LEVELS = {"icm-omni": 8, "icm-omni-mse": 6, "icm-omni-aux": 8, "icm-omni-features": 6}
+SHIPPED_GAIN_LEVELS = {"icm-omni": 8, "icm-omni-mse": 6, "icm-omni-aux": 8, "icm-omni-features": 6, "icm-photo-mse": 6}
 
 
 def compressai_missing() -> str | None:
@@ -61,6 +61,9 @@ def icm_register_codecs(register):
                          "aux=True adds the aux stream); shipped weights, --checkpoint FILE or --weights random"),
         "icm-omni-mse": ({"name": "icm-omni-mse"},
                          "the icm-omni architecture trained for rate + MSE only (stage A), the ablation baseline"),
+        "icm-photo-mse": ({"name": "icm-photo-mse"},
+                          "the icm-omni architecture trained from scratch on photographs for rate + MSE "
+                          "(configs/train/icm_photo_mse.toml): icm's natural-image codec"),
         "icm-omni-aux": ({"name": "icm-omni-aux", "aux": True},
                          "icm-omni plus the trained auxiliary scalable stream (decode-time beta; RDC §3.3-3.4)"),
     }

@@ -68,6 +68,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0 over this many steps
     stop_after: int | None = None  # stop after this many steps (the cosine still spans lr_steps)
     crop: int | None = None  # random square crops of this size, one position per batch
+    crop_each: bool = False  # each sample its own crop position, so a batch mixes image sizes (photos)
     hflip: bool = False  # flip each sample left-right with probability 1/2
     clamp_for_tasks: bool = False  # task models see x̂ clamped to [0, 1]
     task_scales: dict[str, float] = field(default_factory=dict)  # multiplies every term of a task
@@ -144,6 +145,8 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
     for key in ("steps_per_epoch", "lr_steps", "stop_after", "crop"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise UserError(f"{source}: {key} must be >= 1")
+    if cfg.crop_each and not (cfg.crop and cfg.steps_per_epoch):
+        raise UserError(f"{source}: crop_each needs crop and steps_per_epoch (batches drawn from images of any size)")
     if cfg.warmup_steps < 0:
         raise UserError(f"{source}: warmup_steps must be >= 0")
     unknown_tasks = sorted(set(cfg.task_scales) - named)

@@ -8,7 +8,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -20,14 +19,15 @@ from tqdm import tqdm
 
 from icm.bitstream import atomic_write_bytes
 from icm.datasets import load_dataset
+from icm.distributed import default_device, dist_setup, gather, leave_together
 from icm.errors import IcmError, RunFault, UserError
-from icm.evaluation.engine import _jsonable, dist_setup, gather, leave_together, write_json
+from icm.evaluation.predicting import build_adapters
 from icm.faults import remove_stale_temporaries
-from icm.plugins import get_plugins
+from icm.jsonio import jsonable, write_json
 from icm.tasks import Batch
 from icm.training import codec as C
 from icm.training.config import CodecConfig, TrainConfig
-from icm.training.data import augment, epoch_batches, load_batch, pad, sampled_batches
+from icm.training.data import augment, epoch_batches, load_batch, load_crops, pad, sampled_batches
 from icm.training.losses import Context, all_likelihoods, build_loss
 from icm.training.pareto import candidates, reevaluate, select_front
 from icm.training.plot import plot_history
@@ -43,21 +43,13 @@ class TrainingDiverged(IcmError):
 
 def plain(obj):
     """JSON-able python only (numpy scalars become floats): safe for weights_only checkpoint loading."""
-    return json.loads(json.dumps(obj, default=_jsonable))
+    return json.loads(json.dumps(obj, default=jsonable))
 
 
 def save_torch(obj, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -67,17 +59,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_adapters(cfg: TrainConfig, device) -> dict:
-    registry = get_plugins().tasks
-    adapters = {}
-    for spec in cfg.tasks:
-        kwargs = {k: v for k, v in (("config", spec.config), ("checkpoint", spec.checkpoint), ("device", str(device))) if v}
-        adapter = registry.get(spec.name)(**kwargs)
+def frozen_adapters(cfg: TrainConfig, device) -> dict:
+    adapters = build_adapters(cfg.tasks, str(device))
+    for adapter in adapters.values():
         try:
             adapter.model.eval().requires_grad_(False)  # the task networks stay frozen (Le §3.3)
         except NotImplementedError:
             pass
-        adapters[spec.name] = adapter
     return adapters
 
 
@@ -109,7 +97,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True, on_epoch_end=None):
         self.cfg, self.progress, self.on_epoch_end = cfg, progress, on_epoch_end
         self.rank, self.world = dist_setup()
-        self.device = pick_device(cfg.device)
+        self.device = default_device(cfg.device)
         self.out = Path(cfg.out)
         self.ckdir = self.out / "checkpoints"
         if not resume and self.rank == 0:
@@ -125,7 +113,7 @@ class Run:
         self.train_ds, self.val_ds = load_dataset(cfg.dataset, cfg.train_split), load_dataset(cfg.dataset, cfg.val_split)
         self.train_images = self.train_ds.images[: cfg.train_limit] if cfg.train_limit else self.train_ds.images
         self.val_images = self.val_ds.images[: cfg.val_limit] if cfg.val_limit else self.val_ds.images
-        self.adapters = build_adapters(cfg, self.device)
+        self.adapters = frozen_adapters(cfg, self.device)
         for a in self.adapters.values():
             a.bind(self.train_ds)
         self.losses = {t: build_loss(t, spec.options) for t, spec in cfg.losses.items()}
@@ -226,7 +214,8 @@ class Run:
         self.schedule.set_epoch(epoch)
         self.model.train()
         if cfg.steps_per_epoch:
-            batches = sampled_batches(self.train_images, cfg.batch_size, cfg.steps_per_epoch, cfg.seed, epoch, self.rank)
+            batches = sampled_batches(self.train_images, cfg.batch_size, cfg.steps_per_epoch, cfg.seed, epoch, self.rank,
+                                      any_size=cfg.crop_each)
         else:
             batches = epoch_batches(self.train_images, cfg.batch_size, cfg.seed, epoch, self.rank, self.world)
         if not batches:
@@ -241,7 +230,10 @@ class Run:
             lr = self.lr_at(first + i, epoch)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            x = augment(load_batch(samples, self.device), cfg.crop, cfg.hflip)
+            if cfg.crop_each:
+                x = augment(load_crops(samples, cfg.crop, self.device), None, cfg.hflip)
+            else:
+                x = augment(load_batch(samples, self.device), cfg.crop, cfg.hflip)
             h, w = x.shape[-2:]
             rate = C.sample_rate(cfg.codec, self.trainable.continuous, n=x.shape[0], device=self.device)
             out = self.model(pad(x, cfg.codec.pad_to), rate)
@@ -321,7 +313,7 @@ class Run:
         rng = gather(torch.get_rng_state(), self.world)
         if self.rank != 0:
             return
-        net = C.final_state(self.trainable.net)  # CDF tables rebuilt from the weights being saved
+        net = C.final_state(self.trainable)  # CDF tables rebuilt from the weights being saved
         bad = [k for k, v in net.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise TrainingDiverged(f"epoch {epoch}: the weights are no longer finite ({bad[0]}); nothing saved")
@@ -371,7 +363,7 @@ class Run:
         with ``export``, the same weights in fp16 in the shipped format."""
         if self.rank != 0 or not self.history:
             return
-        state = C.final_state(self.trainable.net)
+        state = C.final_state(self.trainable)
         save_torch(state, self.out / C.FINAL)
         if self.cfg.export:
             export = Path(self.cfg.export)
