@@ -30,10 +30,24 @@ def _runs_of(path: Path) -> list[tuple[str, object]]:
 RUN_IDS = [run_id for p in CONFIGS for run_id, _ in _runs_of(p)]
 
 
+def _photo_folder(folder: Path) -> Path:
+    """A bare folder of four images of four sizes: what a run on a folder of photos (dataset = a path,
+    as icm_photo_mse's) is pointed at here, as `icm train --dataset FOLDER` points it."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    folder.mkdir()
+    for i, (h, w) in enumerate([(160, 200), (200, 136), (144, 144), (176, 240)]):
+        smooth = torch.nn.functional.interpolate(torch.rand(1, 3, h // 16, w // 16, generator=g), size=(h, w), mode="bilinear")
+        Image.fromarray((smooth[0].permute(1, 2, 0) * 255).byte().numpy()).save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("configs")
+    photos = _photo_folder(tmp / "photos")
     results = {}
     for path in CONFIGS:
         stages = load_stages(path)
@@ -49,6 +63,8 @@ def runs(tmp_path_factory):
             if cfg.steps_per_epoch:
                 cfg.steps_per_epoch = 2
             cfg.device = "cpu"
+            if "/" in cfg.dataset:
+                cfg.dataset = str(photos)
             results[run_id] = (cfg, train(cfg, progress=False))
     return results
 
@@ -133,6 +149,7 @@ def test_each_shipped_learned_codec_is_exported_by_one_stage():
     assert exports["icm-omni-mse"] == ["icm_omni:mse"]
     assert exports["icm-omni"] == ["icm_omni:context"]
     assert exports["icm-omni-aux"] == ["icm_omni:aux"]
+    assert exports["icm-photo-mse"] == ["icm_photo_mse"]
     # the image decoder's pass exports over the codec stage's file: the last one is what ships
     assert exports["icm-omni-features"] == ["icm_omni_features:codec", "icm_omni_features:image_decoder"]
 
