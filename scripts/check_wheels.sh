@@ -21,7 +21,8 @@ unset ICM_CONFIGS PYTHONPATH
 log "1. wheels from a clean copy of the tree (tracked and new files, nothing ignored)"
 mkdir -p "$WORK/src" "$WH"
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
-"$BUILD_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WH" "$WORK/src" "$WORK"/src/plugins/icm-plugin-*/ \
+"$BUILD_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WH" "$WORK/src" "$WORK"/src/plugins/icm-openmmlab/ \
+  "$WORK"/src/plugins/icm-plugin-*/ \
   2>&1 | grep -v "^WARNING: Location" || true
 for w in "$WH"/*.whl; do
   log "   $(basename "$w")  $(du -k "$w" | cut -f1) KiB: $("$BUILD_PY" - "$w" <<'EOF'
@@ -51,7 +52,7 @@ import sys, zipfile
 from importlib import metadata
 from pathlib import Path
 from packaging.requirements import Requirement
-ours = {"icm", "icm-plugin-mmdet", "icm-plugin-mmseg", "icm-plugin-mmpose", "icm-plugin-mmpretrain"}
+ours = {"icm", "icm-openmmlab", "icm-plugin-mmdet", "icm-plugin-mmseg", "icm-plugin-mmpose", "icm-plugin-mmpretrain"}
 missing = set()
 for wheel in Path(sys.argv[1]).glob("*.whl"):
     with zipfile.ZipFile(wheel) as z:
@@ -79,6 +80,7 @@ if [ -n "$MISSING" ]; then
 fi
 
 log "2c. a fresh venv outside the checkout; icm and the plugins installed by name, no index"
+# icm-openmmlab is not named: the task plugins require it, so pip takes it from the wheelhouse
 VENV=$WORK/venv
 # --without-pip: pip and setuptools come with the stack (current pip); a venv's own older setuptools
 # would shadow the stack's and fail torch's setuptools>=77 requirement
@@ -95,7 +97,7 @@ ICM="$VENV/bin/icm"
 "$VENV/bin/python" - "$ROOT" <<'EOF'
 import importlib, sys
 root = sys.argv[1]
-for name in ("icm", "icm.configs", "icm_mmdet", "icm_mmseg", "icm_mmpose", "icm_mmpretrain"):
+for name in ("icm", "icm.configs", "icm_openmmlab", "icm_mmdet", "icm_mmseg", "icm_mmpose", "icm_mmpretrain"):
     path = importlib.import_module(name).__file__
     assert not path.startswith(root), f"{name} imported from the checkout: {path}"
     print(f"    {name}: {path}")

@@ -44,10 +44,12 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || log "could not install chromium; the browser test will be skipped"
 fi
 
-log "icm core, plugins and test tools"
-$PIP $C -e "$ROOT[learned,test]"
+log "icm core, icm-openmmlab, plugins and test tools"
+# one resolve: the task plugins require icm-openmmlab, which is here, not on an index
+EDITABLE=()
 for p in plugins/*/; do
-  if [ -f "$p/pyproject.toml" ]; then $PIP $C -e "$p"; fi
+  if [ -f "$p/pyproject.toml" ]; then EDITABLE+=(-e "$p"); fi
 done
+$PIP $C -e "$ROOT[learned,test]" "${EDITABLE[@]}"
 stamp_inputs > "$STAMP"
 log "done"

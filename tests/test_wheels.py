@@ -23,7 +23,7 @@ def test_wheels_install_by_name_and_run_every_task_outside_the_checkout():
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "check_wheels: ok" in proc.stdout
-    for wheel in ("icm-0.1.0", "icm_plugin_mmdet", "icm_plugin_mmseg", "icm_plugin_mmpose", "icm_plugin_mmpretrain"):
+    for wheel in ("icm-0.2.0", "icm_openmmlab-0.3.0", "icm_plugin_mmdet-0.3.0", "icm_plugin_mmseg", "icm_plugin_mmpose", "icm_plugin_mmpretrain"):
         assert wheel in proc.stdout, f"{wheel} wheel not built"
     assert "from the checkout" not in log
     assert "icm evaluate from the wheels: tasks ['cls', 'det', 'inst', 'panoptic', 'pose', 'seg']" in proc.stdout

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from icm.errors import UserError
+from icm_openmmlab.models import scope
 
 # What the library would load from files: icm hands over the decoded pixels and reads annotations itself.
 LOADING = {"LoadImageFromFile", "LoadImageFromNDArray", "LoadImage", "LoadAnnotations", "LoadPanopticAnnotations",
@@ -65,8 +66,6 @@ class TestPipeline:
     __test__ = False  # not a pytest class
 
     def __init__(self, cfg, lib: str, task: str):
-        from icm.openmmlab import scope
-
         steps = configured_steps(cfg)
         self.declared = steps is not None
         steps = steps if steps is not None else [{"type": DEFAULT_PACK[lib]}]
@@ -101,8 +100,6 @@ class TestPipeline:
         h, w = rgb.shape[:2]
         # OpenMMLab loads BGR (cv2); its data preprocessor flips to RGB when the config says bgr_to_rgb
         results = {"img": np.ascontiguousarray(rgb[..., ::-1]), "img_shape": (h, w), "ori_shape": (h, w), **info}
-        from icm.openmmlab import scope
-
         with scope(self.lib):
             for t in self.transforms:
                 results = t(results)
@@ -115,8 +112,6 @@ class TestPipeline:
     def trace(self, hw: tuple[int, int], skip: tuple[str, ...] = ()) -> "Geometry":
         """What the geometric steps (but ``skip``) do to an image of size ``hw``, read off the library's
         own transforms run on a blank image of that size: sizes, crop offsets, padding, scale factor."""
-        from icm.openmmlab import scope
-
         h, w = hw
         results = {"img": np.zeros((h, w, 3), np.uint8), "img_shape": (h, w), "ori_shape": (h, w),
                    "scale_factor": (1.0, 1.0)}

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter, match_classes
+import icm_openmmlab as openmmlab
 
 DEFAULT_CONFIG = "model/panoptic_fpn_r18_tiny_shapes.py"
 DEFAULT_WEIGHTS = "model/panoptic_fpn_r18_tiny_shapes.pth"
@@ -182,7 +182,7 @@ class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def _instances_forward(self, batch: Batch):
         """mmdet's own predict, stage by stage: pixels go through the config's test pipeline and data
         preprocessor as in its test loop (a feature reader's split tensor is read as it is)."""
-        from icm.openmmlab_pipeline import to_uint8
+        from icm_openmmlab.pipeline import to_uint8
 
         with torch.no_grad(), openmmlab.scope("mmdet"):
             if self.consumes == "pixels":

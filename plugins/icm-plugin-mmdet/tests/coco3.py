@@ -94,7 +94,7 @@ def random_checkpoint(config: Path, out: Path, meta: dict | None = None) -> Path
     """Build the config's model (random init, seed 0) and save its state_dict, like a user's own file."""
     import torch
 
-    from icm.openmmlab import build_model, load_config
+    from icm_openmmlab import build_model, load_config
 
     torch.manual_seed(0)
     model = build_model(load_config(config, "mmdet"), "mmdet", None, device="cpu")

@@ -74,7 +74,7 @@ def test_classes_are_matched_by_name_not_by_position(retinanet, dataset):
 
 
 def test_class_mismatch_is_one_line_naming_both_lists_unless_mapped(retinanet, dataset, tmp_path):
-    from icm.openmmlab import build_model  # noqa: F401  (the mmdet stack is importable)
+    from icm_openmmlab import build_model  # noqa: F401  (the mmdet stack is importable)
 
     config = coco3.tiny_config(tmp_path, "retinanet", NAMED.replace('"bar", "disk", "ring"', '"car", "dog", "cup"'))
     adapter = DetAdapter(config, retinanet[1], device="cpu").bind(dataset)

@@ -7,7 +7,7 @@ import torch
 
 from icm.errors import UserError
 from icm.plugins import get_plugins
-from icm.testing import shipped_config, shipped_weights
+from icm_openmmlab.testing import shipped_config, shipped_weights
 
 N = 12
 
@@ -51,7 +51,7 @@ def test_a_step_icm_cannot_run_is_refused_by_name(val):
 def test_the_differentiable_path_sees_the_pixels_the_library_sees(val, icm_shapes_val, icm_batch):
     """icm train's input (torch, differentiable) against the library's (cv2 on uint8): same size, within
     a grey level or two, and the loss and features run at that size."""
-    from icm.openmmlab_pipeline import to_uint8
+    from icm_openmmlab.pipeline import to_uint8
 
     pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(200, 200), keep_ratio=True),
                 dict(type="Pad", size_divisor=64, pad_val=dict(img=(10, 20, 30))),

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter
+import icm_openmmlab as openmmlab
 
 DEFAULT_CONFIG = "model/simplebaseline_r18_tiny_shapes_pose.py"
 DEFAULT_WEIGHTS = "model/simplebaseline_r18_tiny_shapes_pose.pth"
@@ -221,7 +221,7 @@ class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
         pipeline (GetBBoxCenterScale, TopdownAffine: a cv2 affine warp about the box centre), the data
         preprocessor, the config's flip test (``flip_mode``, ``shift_heatmap``) and the keypoints mapped
         back to the image, as in its test loop."""
-        from icm.openmmlab_pipeline import to_uint8
+        from icm_openmmlab.pipeline import to_uint8
 
         images = to_uint8(batch.images)
         rgbs, infos, boxes, ann_ids = [], [], [], []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icm.plugins import get_plugins
-from icm.testing import shipped_config, shipped_weights
+from icm_openmmlab.testing import shipped_config, shipped_weights
 
 N = 16
 
@@ -33,7 +33,7 @@ def test_other_test_time_settings_match_mmpose(val, icm_assert_parity, test_cfg)
 
 
 def test_the_shipped_config_declares_its_test_pipeline_and_settings_key_the_cache(val):
-    from icm.evaluation.engine import model_key
+    from icm.evaluation.cache import model_key
 
     cls = get_plugins().tasks.get("pose")
     shipped = cls().bind(val)

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter, match_classes
+import icm_openmmlab as openmmlab
 
 DEFAULT_CONFIG = "model/resnet18_tiny_shapes_cls.py"
 DEFAULT_WEIGHTS = "model/resnet18_tiny_shapes_cls.pth"
@@ -157,7 +157,7 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
 
     def predict(self, batch: Batch):
         if self.consumes == "pixels":  # mmpretrain's own predict: test pipeline, data preprocessor, softmax
-            from icm.openmmlab_pipeline import to_uint8
+            from icm_openmmlab.pipeline import to_uint8
 
             with torch.no_grad(), openmmlab.scope("mmpretrain"):
                 inputs, samples = self.library_inputs(to_uint8(batch.images), [self.image_info(s) for s in batch.samples])

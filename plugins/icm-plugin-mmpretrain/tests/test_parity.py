@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from icm.plugins import get_plugins
-from icm.testing import shipped_config, shipped_weights
+from icm_openmmlab.testing import shipped_config, shipped_weights
 
 N = 24
 
@@ -32,7 +32,7 @@ def test_resize_edge_and_centre_crop_match_mmpretrain(val, icm_assert_parity):
 
 
 def test_the_differentiable_path_resizes_and_crops_as_the_library(val, icm_shapes_val, icm_batch):
-    from icm.openmmlab_pipeline import to_uint8
+    from icm_openmmlab.pipeline import to_uint8
 
     cls = get_plugins().tasks.get("cls")
     pipeline = [dict(type="LoadImageFromFile"), dict(type="ResizeEdge", scale=144, edge="short"),

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icm import openmmlab
 from icm.errors import UserError
 from icm.tasks import Batch, Evaluator, TaskAdapter, match_classes
+import icm_openmmlab as openmmlab
 
 DEFAULT_CONFIG = "model/fpn_r18_tiny_shapes_seg.py"
 DEFAULT_WEIGHTS = "model/fpn_r18_tiny_shapes_seg.pth"
@@ -163,7 +163,7 @@ class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     def _library_predict(self, batch):
         """mmseg's own predict: the test pipeline, the data preprocessor, ``test_cfg`` (whole or slide)
         and the logits resized back to the original image, as in its test loop."""
-        from icm.openmmlab_pipeline import to_uint8
+        from icm_openmmlab.pipeline import to_uint8
 
         with torch.no_grad(), openmmlab.scope("mmseg"):
             inputs, samples = self.library_inputs(to_uint8(batch.images), [self.image_info(s) for s in batch.samples])

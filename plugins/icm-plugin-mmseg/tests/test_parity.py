@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from icm.plugins import get_plugins
-from icm.testing import shipped_config, shipped_weights
+from icm_openmmlab.testing import shipped_config, shipped_weights
 
 N = 12
 
