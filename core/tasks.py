@@ -65,8 +65,6 @@ class TaskAdapter(ABC):
     name: str = ""
     consumes: str = "pixels"  # or "features": the adapter reads a feature codec's decoded split tensor
     split: str | None = None  # what a feature reader reads: the split point named in feature bitstreams
-    primary_metric: str = ""
-    metrics: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # where predict/loss run; adapters set it from their model
     class_map: dict[str, str] = {}  # model class name -> dataset class name (``--class-map``); set by the caller
     label_free_unsupported: str | None = None  # why this task cannot score against pseudo ground truth, if it cannot
@@ -78,6 +76,25 @@ class TaskAdapter(ABC):
 
     def __init__(self):
         self.dataset = None
+
+    # Metrics are declared once, at ``register(name, factory, metrics=[...], primary=...)``, where
+    # `icm tasks` reads them without importing the adapter; the adapter reads its registration. An
+    # adapter registered with the values of its own class attributes sets these instead.
+    @property
+    def primary_metric(self) -> str:
+        """The headline metric: plotted, and the one BD-rate and BD-metric are computed on."""
+        return self.registration().get("primary", "")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.registration().get("metrics", ()))
+
+    def registration(self) -> dict:
+        """The metadata this task was registered with (``{}`` when ``name`` is not registered)."""
+        from icm.plugins import get_plugins
+
+        tasks = get_plugins().tasks
+        return dict(tasks.entry(self.name).meta) if self.name in tasks else {}
 
     def bind(self, dataset) -> "TaskAdapter":
         """Attach the dataset whose annotations ``loss`` and ``evaluator`` use."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from icm.codecs import Codec, entropy_guard, gain_level_rates, joint_rans
 from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_images, to_tensors
+from icm.codecs.trainable import TrainableCodec, seeded
 from icm.errors import BitstreamError, UserError
 
 with warnings.catch_warnings():  # compressai's import trips torch's jit.script deprecation warning
@@ -330,37 +331,13 @@ class ICMNet(CompressionModel):
         """``primary`` (encoder, decoder, hyperprior, y/z gains), ``aux_branch`` (scalable transform,
         its gains, residual network) and ``quantiles`` (the entropy bottlenecks' quantiles, for
         CompressAI's separate ``aux_loss`` optimiser). RDC trains ``aux_branch`` in a second stage
-        with ``primary`` frozen."""
+        with ``primary`` frozen (``codec.train_modules = AUX_MODULES`` in ``icm train``)."""
         groups: dict[str, list] = {"primary": [], "aux_branch": [], "quantiles": []}
         for name, p in self.named_parameters():
             key = "quantiles" if name.endswith(".quantiles") else \
                 "aux_branch" if name.split(".")[0] in self.AUX_MODULES else "primary"
             groups[key].append(p)
         return groups
-
-    def train_stage(self, stage: int) -> list[nn.Parameter]:
-        """Set modes and ``requires_grad`` for RDC's two training stages; returns what to optimise.
-
-        Stage 1: everything in training mode, the primary parameters trainable, the aux branch frozen
-        (call ``forward(..., aux=False)``). Stage 2: the primary branch frozen *and in eval mode*, so
-        ``y_hat`` is the real rounded latent the decoder will see and ``y - y_hat`` the real
-        quantisation error; only the aux branch trains (its bottleneck with noise). The quantiles
-        stay trainable in both stages for ``aux_loss()``.
-        """
-        groups = self.parameter_groups()
-        if stage not in (1, 2) or (stage == 2 and not self.aux):
-            raise ValueError("stage must be 1, or 2 for a net with an aux branch")
-        for p in groups["primary"]:
-            p.requires_grad_(stage == 1)
-        for p in groups["aux_branch"]:
-            p.requires_grad_(stage == 2)
-        if stage == 1:
-            self.train()
-            return groups["primary"]
-        self.eval()
-        for name in self.AUX_MODULES:
-            getattr(self, name).train()
-        return groups["aux_branch"]
 
     # -- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -541,11 +518,12 @@ class ICMNet(CompressionModel):
         return x_main + (1 - beta) * r
 
 
-class ShippedWeights:
+class ShippedWeights(TrainableCodec):
     """Weights of icm's own continuous-rate codecs: ``checkpoint`` (a state dict), else the shipped
     configs/codecs/<name>/model.pth; ``weights="random"`` for seeded untrained weights. Also sets the
     name, version (``<format_version>-cai<CompressAI minor version>``: the payload layout and the
-    entropy coder), device and rate control."""
+    entropy coder), device and rate control. Training: the module is ``self.net`` (a state dict of it is
+    a ``checkpoint``), rebuilt from its ``config``."""
 
     format_version = 2  # 1: z in a stream "hyper" of its own; 2: z, then y, in one rANS string "main"
 
@@ -575,6 +553,12 @@ class ShippedWeights:
         from icm.paths import configs_dir
 
         return configs_dir() / "codecs" / self.name / "model.pth"
+
+    def trainable_module(self, quality: int | None = None) -> nn.Module:
+        return self.net
+
+    def fresh_module(self, module: nn.Module, seed: int) -> nn.Module:
+        return seeded(seed, lambda: type(module)(**module.config))
 
     def unavailable_reason(self) -> str | None:
         path = self.weights_file()
@@ -637,10 +621,20 @@ class ICMCodec(ShippedWeights, Codec):
         self.net
         return self._hash
 
-    # -- differentiable path for training --------------------------------------------------------------
+    # -- training (TrainableCodec) ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, rate, beta=1.0, aux: bool | None = None) -> dict:
         """``ICMNet.forward``; the net is in eval mode until the caller sets ``codec.net.train()``."""
         return self.net(x, rate, beta, aux=aux)
+
+    def fit_state(self, module: ICMNet, state: dict) -> None:
+        module.fit_state(state)
+
+    def add_low_gains(self, module: ICMNet, distances: list[float]) -> None:
+        module.add_low_gains(distances)
+
+    def add_context(self, module: ICMNet) -> None:
+        module.set_context(True)
+
 
     def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
         """Bits the entropy models expect for this image (main + hyper, plus aux when ``aux``)."""

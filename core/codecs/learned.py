@@ -8,6 +8,7 @@ message. Random weights only with ``weights="random"`` (seeded, so the weights h
 from __future__ import annotations
 
 import hashlib
+import shutil
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from icm.codecs import Codec, RateControl, entropy_guard
 from icm.codecs.architectures import ARCHITECTURES
+from icm.codecs.trainable import TrainableCodec, seeded
 from icm.errors import BitstreamError, UserError
 
 PAD_TO = 64  # every architecture in ARCHITECTURES needs sizes divisible by 64 (two stride-4 stages)
@@ -77,7 +79,7 @@ def pad(x: torch.Tensor, multiple: int = PAD_TO) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-class CompressAICodec(Codec):
+class CompressAICodec(Codec, TrainableCodec):
     kind = "learned"
 
     def __init__(self, arch: str, checkpoint: str | None = None, weights: str = "pretrained",
@@ -166,10 +168,21 @@ class CompressAICodec(Codec):
         self.model(rate["quality"])
         return self._hashes[rate["quality"]]
 
-    # -- differentiable path for training --------------------------------------------------------
-    def forward(self, x: torch.Tensor, quality: int) -> dict:
-        """x in [0,1], Nx3xHxW with H, W divisible by 64: returns x_hat and the likelihoods."""
+    # -- training (TrainableCodec) ----------------------------------------------------------------
+    def trainable_module(self, quality: int | None = None) -> torch.nn.Module:
+        if quality is None:
+            raise UserError(f"codec {self.name!r} is quality-indexed: name the quality to train")
+        return self.model(quality)
+
+    def forward(self, x: torch.Tensor, quality: int, beta: float = 1.0) -> dict:
+        """x in [0,1], Nx3xHxW with H, W divisible by 64: returns x_hat and the likelihoods (no beta)."""
         return self.model(quality)(x)
+
+    def fresh_module(self, module: torch.nn.Module, seed: int) -> torch.nn.Module:
+        """The architecture at ``module``'s channel widths (a shipped model's may be the zoo's or smaller)."""
+        widths = (module.N, module.M) if hasattr(module, "M") else (module.N,)
+        return seeded(seed, lambda: type(module)(*map(int, widths)))
+
 
     def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
         """Bits the entropy model expects for this image (Le §5.4: compare with the real file size)."""
@@ -250,6 +263,15 @@ class ShippedCompressAICodec(CompressAICodec):
     def unavailable_reason(self):
         missing = [q for q in range(1, self.rate_control.values[1] + 1) if not (self.folder / f"quality{q}.pth").is_file()]
         return f"no weights in {self.folder} for qualities {missing} (reinstall icm, or pass --checkpoint FOLDER)" if missing else None
+
+    def checkpoint_options(self, weights_file, quality, folder, write):
+        """A folder of quality<q>.pth for every quality: the candidate, and the shipped others."""
+        for q in range(1, self.rate_control.values[1] + 1) if write else ():
+            src = weights_file if q == quality else self.folder / f"quality{q}.pth"
+            if src.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, folder / f"quality{q}.pth")
+        return {"checkpoint": str(folder)}
 
     def _build(self, quality: int) -> torch.nn.Module:
         from compressai.zoo import image as zoo

@@ -10,7 +10,13 @@ import numpy as np
 from icm.analysis import bd_metric, bd_rate, pareto_front
 from icm.evaluation.engine import ORIGINAL
 
-BD_NAMES = {"bbox_mAP": "BD-mAP", "segm_mAP": "BD-mAP", "mIoU": "BD-mIoU", "AP": "BD-AP", "top1": "BD-acc", "PQ": "BD-PQ"}
+
+def bd_metric_name(task: str, primary: str) -> str:
+    """The BD-metric's name: the ``bd_name`` the task was registered with, else ``BD-<primary metric>``."""
+    from icm.plugins import get_plugins
+
+    tasks = get_plugins().tasks
+    return (tasks.entry(task).meta.get("bd_name") if task in tasks else None) or f"BD-{primary}"
 
 
 def _mean(values):
@@ -65,7 +71,7 @@ def analyse(result: dict, rows: list[dict], reference: str) -> dict:
             if codec == reference or not ref:
                 continue
             bd[codec] = {"bd_rate": bd_rate(ref, c["front"]), "bd_metric": bd_metric(ref, c["front"]),
-                         "bd_metric_name": BD_NAMES.get(primary, f"BD-{primary}")}
+                         "bd_metric_name": bd_metric_name(task, primary)}
         analysis[task] = {"primary": primary, "uncompressed": ceiling, "curves": curves, "reference": reference, "bd": bd}
     # PSNR as a task-like curve, for the PSNR-rate figure and BD-PSNR
     curves = {}

@@ -28,7 +28,6 @@ DEFAULT_WEIGHTS = "model/panoptic_fpn_r18_tiny_shapes.pth"
 
 
 class MMDetAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
-    description = ""
     library, default_config, default_weights = "mmdet", DEFAULT_CONFIG, DEFAULT_WEIGHTS
     # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
     feature_backends = {"resnet18w32.layer1": "model/panoptic_fpn_r18_tiny_shapes.features.pth"}
@@ -210,8 +209,7 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 class DetAdapter(MMDetAdapter):
-    name, primary_metric, metrics = "det", "bbox_mAP", ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
-    description = "object detection (mmdet), COCO bbox mAP"
+    name = "det"  # metrics: its registration (plugin.py)
     iou_type = "bbox"
 
     def predict(self, batch):
@@ -262,8 +260,7 @@ class DetAdapter(MMDetAdapter):
 
 
 class InstAdapter(DetAdapter):
-    name, primary_metric, metrics = "inst", "segm_mAP", ("segm_mAP", "segm_mAP_50", "segm_mAP_75")
-    description = "instance segmentation (mmdet), COCO mask mAP"
+    name = "inst"
     iou_type = "segm"
 
     def _check_model(self):
@@ -360,8 +357,7 @@ class CocoEvaluator(Evaluator):
 
 
 class PanopticAdapter(MMDetAdapter):
-    name, primary_metric, metrics = "panoptic", "PQ", ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
-    description = "panoptic segmentation (mmdet PanopticFPN), PQ"
+    name = "panoptic"
     default_config = "model/panoptic_fpn_r18_tiny_shapes_panoptic.py"  # det's model, the R-CNN at score 0.5
 
     def bind(self, dataset):

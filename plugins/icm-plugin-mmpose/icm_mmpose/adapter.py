@@ -39,8 +39,7 @@ DEFAULT_WEIGHTS = "model/simplebaseline_r18_tiny_shapes_pose.pth"
 
 
 class PoseAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
-    name, primary_metric, metrics = "pose", "AP", ("AP", "AP50", "AP75", "AR")
-    description = "top-down keypoints on ground-truth boxes (mmpose SimpleBaseline), COCO keypoint AP"
+    name = "pose"  # metrics: its registration (plugin.py)
     library, default_config, default_weights = "mmpose", DEFAULT_CONFIG, DEFAULT_WEIGHTS
     # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
     feature_backends = {"resnet18w32.layer1": "model/simplebaseline_r18_tiny_shapes_pose.features.pth"}

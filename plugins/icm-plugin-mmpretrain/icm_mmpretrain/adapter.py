@@ -28,8 +28,7 @@ class ClsAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
     also reports it under its honest name ``top{k}`` (``top4`` on shapes).
     """
 
-    name, primary_metric, metrics = "cls", "top1", ("top1", "top5")
-    description = "image classification (mmpretrain), top-1 / top-5 accuracy"
+    name = "cls"  # metrics: its registration (plugin.py)
     library, default_config, default_weights = "mmpretrain", DEFAULT_CONFIG, DEFAULT_WEIGHTS
     # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
     feature_backends = {"resnet18w32.layer1": "model/resnet18_tiny_shapes_cls.features.pth"}
@@ -204,12 +203,10 @@ class AccuracyEvaluator(Evaluator):
     the uncompressed image), against those predictions' labels.
     """
 
-    primary = "top1"
-
     def __init__(self, adapter: ClsAdapter, pseudo_ground_truth=None):
         from mmpretrain.evaluation import Accuracy
 
-        self.adapter, self.pseudo = adapter, pseudo_ground_truth
+        self.adapter, self.pseudo, self.primary = adapter, pseudo_ground_truth, adapter.primary_metric
         # labelled: model scores are summed into the dataset's classes they are matched to (by name)
         self.label_map = adapter.label_map() if pseudo_ground_truth is None else None
         n = adapter.num_classes if self.label_map is None else len(adapter.dataset.meta["classification_classes"])

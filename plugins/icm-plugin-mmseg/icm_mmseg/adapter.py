@@ -21,8 +21,7 @@ IGNORE_INDEX = 255
 
 
 class SegAdapter(openmmlab.OpenMMLabAdapter, TaskAdapter):
-    name, primary_metric, metrics = "seg", "mIoU", ("mIoU", "aAcc", "mAcc")
-    description = "semantic segmentation (mmseg), mIoU"
+    name = "seg"  # metrics: its registration (plugin.py)
     library, default_config, default_weights = "mmseg", DEFAULT_CONFIG, DEFAULT_WEIGHTS
     # the back end read by icm evaluate on icm-omni-features / hevc-features files (configs/train/icm_omni_features_backend_*.toml)
     feature_backends = {"resnet18w32.layer1": "model/fpn_r18_tiny_shapes_seg.features.pth"}
@@ -200,12 +199,10 @@ class IoUEvaluator(Evaluator):
     """mmseg's IoUMetric over the bound dataset's label maps (or, label-free, over the adapter's own
     predictions on the uncompressed images). Metrics are fractions in [0, 1]."""
 
-    primary = "mIoU"
-
     def __init__(self, adapter: SegAdapter, pseudo_ground_truth=None):
         from mmseg.evaluation import IoUMetric
 
-        self.adapter, self.pseudo = adapter, pseudo_ground_truth
+        self.adapter, self.pseudo, self.primary = adapter, pseudo_ground_truth, adapter.primary_metric
         self.metric = IoUMetric(ignore_index=IGNORE_INDEX, iou_metrics=["mIoU"], prefix="seg")
         # label-free, both sides are model class indices; else predictions become dataset label values
         self.lut = None if pseudo_ground_truth is not None else adapter.label_lut
