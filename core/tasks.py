@@ -157,6 +157,22 @@ class TaskAdapter(ABC):
         return None
 
 
+def split_weights(split: str):
+    """The weights of a task model that computes the feature split ``split``, as a task plugin declares
+    them: ``register(name, factory, split_weights={split: "package:path/in/package.pth"})``, a state dict
+    whose ``backbone.*`` layers compute the split tensor (a feature codec's head starts from them). The
+    first task, by name, that declares one; None when no installed plugin does."""
+    from icm.paths import package_file
+    from icm.plugins import get_plugins
+
+    for entry in get_plugins().tasks.entries():
+        declared = (entry.meta.get("split_weights") or {}).get(split)
+        if declared:
+            package, relative = declared.split(":", 1)
+            return package_file(package, relative)
+    return None
+
+
 def match_classes(task: str, model: list[str], dataset: list[str], class_map: dict[str, str] | None = None) -> list[int | None]:
     """The dataset class index each model class is scored as (None: a class the dataset does not have,
     whose predictions are dropped), matched by name, never by position.

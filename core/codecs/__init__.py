@@ -17,6 +17,7 @@ import numpy as np
 from icm.bitstream import Bitstream
 from icm.errors import BitstreamError, CodecUnavailable, UserError
 from icm.limits import check_header_size, max_pixels as pixel_limit
+from icm.codecs.trainable import TrainableCodec  # noqa: F401  (what `icm train` needs from a codec)
 
 SCALES = (1.0, 0.75, 0.5, 0.25)  # the resolution knob of Le §4.2
 
@@ -66,7 +67,8 @@ def gain_level_rates(levels: int) -> RateControl:
 
 class Codec(ABC):
     """Base class. Subclasses set ``name``, ``version``, ``kind``, ``rate_control`` and implement
-    ``encode_streams`` / ``decode_streams``. Learned codecs also implement ``forward``."""
+    ``encode_streams`` / ``decode_streams``. A codec ``icm train`` can train also subclasses
+    ``TrainableCodec`` (icm.codecs.trainable)."""
 
     name: str = ""
     version: str = "1"

@@ -226,15 +226,12 @@ class OmniFeaturesCodec(ShippedWeights, FeatureCodec):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 net = OmniFeaturesNet(**DEFAULT_CONFIG)
-            from icm.openmmlab import read_state_dict
+            from icm.tasks import split_weights
 
-            from icm.paths import package_file
-
-            try:
-                det = package_file("icm_mmdet", "model/panoptic_fpn_r18_tiny_shapes.pth")
-            except Exception:  # icm-plugin-mmdet not installed: an untrained head, still seeded
+            task_model = split_weights(SPLIT)
+            if task_model is None:  # no installed task plugin computes this split: an untrained head, still seeded
                 return net
-            load_head_from_task_model(net, read_state_dict(str(det)))
+            load_head_from_task_model(net, load_checkpoint(task_model))
             return net
         path = self.weights_file()
         try:
@@ -250,9 +247,6 @@ class OmniFeaturesCodec(ShippedWeights, FeatureCodec):
         """Hash of what computes the split tensor (the head): what a conventional codec of the same
         split tensor (hevc-features) depends on."""
         return tensor_hash(self.net.encoder_state())
-
-    def trainable_module(self) -> OmniFeaturesNet:
-        return self.net
 
     def forward(self, x, rate, beta=1.0, aux=None) -> dict:
         return self.net(x, rate)

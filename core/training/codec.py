@@ -1,29 +1,30 @@
-"""The codec being trained: its torch module, its rates, and how a trained candidate is opened again
-by name for the real-bitstream evaluation.
+"""The codec being trained, through the interface it declares (``icm.codecs.TrainableCodec``): its
+torch module, its rates, and how a trained candidate is opened again by name for the real-bitstream
+evaluation.
 
 Two kinds of codec train here:
 
-- quality-indexed CompressAI codecs (``CompressAICodec`` and subclasses): one quality is fine-tuned,
-  the module is ``codec.model(quality)``;
-- continuous-rate codecs (``rate_control.continuous``, e.g. ``icm-omni``): ``codec.forward(x, rate,
-  beta=...)`` with a rate in [0, 1]; the module is found as ``codec.trainable_module()``, else the
-  first ``torch.nn.Module`` among ``codec.net``, ``codec.module``, ``codec.model``, else the codec
-  itself when it is a module. Such a codec must accept ``checkpoint=FILE`` with that module's state dict.
+- quality-indexed (CompressAI architectures, ``icm-hyperprior-mse``): one quality is fine-tuned,
+  the module is ``codec.trainable_module(quality)``;
+- continuous-rate (``rate_control.continuous``, e.g. ``icm-omni``): ``codec.forward(x, rate,
+  beta=...)`` with a rate in [0, 1]; the module is ``codec.trainable_module()``.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 from pathlib import Path
 
 import torch
 
-from icm.codecs import Codec, open_codec
+from icm.codecs import TrainableCodec, open_codec
+from icm.codecs.trainable import freeze_all_but
 from icm.errors import UserError
 from icm.training.config import CodecConfig
+
+HOW_TO_TRAIN = "docs/plugins/hooks.md#a-codec-that-trains"
 
 
 class Trainable(torch.nn.Module):
@@ -32,38 +33,25 @@ class Trainable(torch.nn.Module):
     With ``codec.train_modules``, only those submodules train; the others are frozen and stay in eval
     mode (RDC stage II: the primary branch then quantises by rounding, as the decoder will)."""
 
-    def __init__(self, codec: Codec, cfg: CodecConfig):
+    def __init__(self, codec: TrainableCodec, cfg: CodecConfig):
         super().__init__()
         self.codec, self.cfg = codec, cfg
         self.continuous = bool(codec.rate_control.continuous)
-        if self.continuous:
-            self.net = find_module(codec)
-        else:
+        if not self.continuous:
             if cfg.quality is None:
                 raise UserError(f"codec {codec.name!r} is quality-indexed: set codec.quality (the quality to fine-tune)")
             codec.check_rate(quality=cfg.quality)
-            if not hasattr(codec, "model"):
-                raise UserError(f"codec {codec.name!r} has no trainable model")
-            self.net = codec.model(cfg.quality)
+        self.net = codec.trainable_module(None if self.continuous else cfg.quality)
         repair_likelihood_bounds(self.net)
         if cfg.new_context:
-            add_context(self)
+            codec.add_context(self.net)
         self.frozen: list[torch.nn.Module] = []
         self.freeze()
 
     def freeze(self) -> None:
         """Freeze every submodule that ``codec.train_modules`` does not name. Called again after an
         init has changed the module's structure (e.g. given it a context model)."""
-        if not self.cfg.train_modules:
-            return
-        children = dict(self.net.named_children())
-        unknown = [m for m in self.cfg.train_modules if m not in children]
-        if unknown:
-            raise UserError(f"codec.train_modules: {self.codec.name!r} has no submodule {unknown[0]!r} "
-                            f"(it has {', '.join(children)})")
-        self.frozen = [m for n, m in children.items() if n not in self.cfg.train_modules]
-        for n, m in children.items():
-            m.requires_grad_(n in self.cfg.train_modules)
+        self.frozen = freeze_all_but(self.net, self.cfg.train_modules, repr(self.codec.name))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -72,38 +60,16 @@ class Trainable(torch.nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, rate: float | torch.Tensor | None = None) -> dict:
-        if self.continuous:
-            return self.codec.forward(x, rate, beta=self.cfg.beta)
-        return self.net(x)
-
-    def _trained(self):
-        frozen = {id(p) for m in self.frozen for p in m.parameters()}
-        return [(n, p) for n, p in self.net.named_parameters() if id(p) not in frozen]
+        return self.codec.forward(x, rate if self.continuous else self.cfg.quality, beta=self.cfg.beta)
 
     def main_and_aux_parameters(self):
-        main, aux = [], []
-        for name, p in self._trained():
-            (aux if name.endswith(".quantiles") else main).append(p)
-        return main, aux
+        return self.codec.parameter_groups(self.net, self.frozen)
 
     def aux_loss(self):
-        if not self.frozen:
-            return self.net.aux_loss() if hasattr(self.net, "aux_loss") else None
-        frozen = {id(m) for f in self.frozen for m in f.modules()}
-        losses = [m.loss() for m in self.net.modules() if id(m) not in frozen and _is_bottleneck(m)]
-        return sum(losses) if losses else None
+        return self.codec.aux_loss(self.net, self.frozen)
 
-
-def add_context(trainable: "Trainable") -> None:
-    if not hasattr(trainable.net, "set_context"):
-        raise UserError(f"codec.new_context: {trainable.codec.name!r} has no context model to add")
-    trainable.net.set_context(True)
-
-
-def _is_bottleneck(module) -> bool:
-    from compressai.entropy_models import EntropyBottleneck
-
-    return isinstance(module, EntropyBottleneck)
+    def fit_entropy_models(self) -> None:
+        self.codec.fit_entropy_models(self.net)
 
 
 LIKELIHOOD_BOUND = 1e-9  # CompressAI's default likelihood_bound for EntropyBottleneck and GaussianConditional
@@ -122,33 +88,20 @@ def repair_likelihood_bounds(net: torch.nn.Module) -> list[str]:
     return repaired
 
 
-def find_module(codec: Codec) -> torch.nn.Module:
-    if hasattr(codec, "trainable_module"):
-        return codec.trainable_module()
-    for attr in ("net", "module", "model"):
-        obj = getattr(codec, attr, None)
-        if isinstance(obj, torch.nn.Module):
-            return obj
-    if isinstance(codec, torch.nn.Module):
-        return codec
-    raise UserError(f"codec {codec.name!r}: no trainable torch module (expected trainable_module(), .net or .model)")
-
-
 class BackendTrainable(torch.nn.Module):
     """A task's feature back end (``adapter.feature_reader(split, train=True)``) trained on a frozen
     feature codec's decoded split tensors: ``forward(x, rate)`` runs the codec (eval mode, rounded
     latents, no gradient) and returns its ``features_hat`` and likelihoods; ``net`` is the back end's
     network, what is optimised, saved and exported. ``x_hat`` is x itself: nothing decodes pixels."""
 
-    def __init__(self, codec: Codec, reader):
+    def __init__(self, codec: TrainableCodec, reader):
         super().__init__()
         self.codec, self.reader, self.continuous = codec, reader, True
         self.net = reader.model
         self.frozen: list[torch.nn.Module] = []
 
     def forward(self, x: torch.Tensor, rate=None) -> dict:
-        net = find_module(self.codec)
-        net.eval()
+        self.codec.trainable_module().eval()
         with torch.no_grad():
             out = self.codec.forward(x, rate)
         return {"x_hat": x, "likelihoods": out["likelihoods"], "features": out["features"],
@@ -160,15 +113,18 @@ class BackendTrainable(torch.nn.Module):
     def aux_loss(self):
         return None
 
+    def fit_entropy_models(self) -> None:
+        """A task network has no entropy models."""
+
 
 def open_backend_for_training(cfg, device: torch.device, adapters: dict) -> BackendTrainable:
     """The codec (frozen) and the back end of ``cfg.backend`` reading its split; ``adapters[task]``
     becomes that feature reader, so the task's loss terms and validation read features."""
     codec = open_codec(cfg.codec.name, **{**cfg.codec.options, "device": str(device)})
-    if getattr(codec, "kind", "") != "features" or not hasattr(codec, "forward"):
+    if codec.kind != "features" or not isinstance(codec, TrainableCodec):
         raise UserError(f"backend = {cfg.backend!r}: codec {cfg.codec.name!r} is not a trainable feature codec")
     codec.require_available()
-    find_module(codec).requires_grad_(False)
+    codec.trainable_module().requires_grad_(False)
     start = str(init_file(cfg.init)) if cfg.init and cfg.init != "scratch" else None
     reader = adapters[cfg.backend].feature_reader(codec.split, checkpoint=start, train=True)
     if reader is None:
@@ -185,8 +141,9 @@ def open_for_training(cfg: CodecConfig, device: torch.device) -> Trainable:
     params = inspect.signature(get_plugins().codecs.get(cfg.name)).parameters
     takes_device = "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     codec = open_codec(cfg.name, **{**cfg.options, **({"device": str(device)} if takes_device else {})})
-    if codec.kind != "learned" and not hasattr(codec, "forward"):
-        raise UserError(f"codec {cfg.name!r} is not a learned codec; nothing to train")
+    if not isinstance(codec, TrainableCodec):
+        raise UserError(f"codec {cfg.name!r} cannot be trained: {type(codec).__name__} does not implement "
+                        f"icm.codecs.TrainableCodec (trainable_module, forward, fresh_module; {HOW_TO_TRAIN})")
     codec.require_available()
     return Trainable(codec, cfg).to(device)
 
@@ -259,20 +216,6 @@ def rate_value(rate: dict) -> float | None:
 
 
 # -- start weights, final weights ------------------------------------------------------------------
-def fresh_module(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A newly initialised module of ``net``'s architecture (seeded): ICMNet from its ``config``,
-    CompressAI models from their widths ``N``, ``M``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if isinstance(getattr(net, "config", None), dict):
-            return type(net)(**net.config)
-        if hasattr(net, "N") and hasattr(net, "M"):
-            return type(net)(int(net.N), int(net.M))
-        if hasattr(net, "N"):
-            return type(net)(int(net.N))
-    raise UserError(f"init = 'scratch': cannot build a new {type(net).__name__} (no config or N/M widths)")
-
-
 def init_file(init: str) -> Path:
     """The weights ``init`` names: a state-dict file, or a previous run's out folder (its model.pth)."""
     path = Path(init)
@@ -288,23 +231,22 @@ def init_file(init: str) -> Path:
 def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     """Start from ``init``: a fresh module (``"scratch"``), or a fresh module overwritten by a state dict.
     Keys the file lacks keep their new initialisation (e.g. an aux branch added to a primary-only model);
-    keys the module lacks, or of another shape, are a UserError. A module with ``fit_state`` first takes
-    the file's number of gain levels; ``codec.new_low_gains`` then adds levels below. Returns what was loaded."""
+    keys the module lacks, or of another shape, are a UserError. The codec's ``fit_state`` first shapes
+    the module to the file (its number of gain levels); ``codec.new_low_gains`` then adds levels below.
+    Returns what was loaded."""
     from icm.codecs.learned import load_checkpoint, tensor_hash
 
-    net = trainable.net
+    net, codec = trainable.net, trainable.codec
     loaded, digest = None, None
     if init != "scratch":
         path = init_file(init)
         loaded = load_checkpoint(path)
         digest = tensor_hash(loaded).hex()
-        if hasattr(net, "fit_state"):  # e.g. another number of gain levels than the codec's own weights
-            net.fit_state(loaded)
+        codec.fit_state(net, loaded)  # e.g. another number of gain levels than the codec's own weights
         if trainable.cfg.new_context:  # after fit_state, which gives the net the context the file has
-            add_context(trainable)
-    fresh = fresh_module(net, seed)
-    if hasattr(fresh, "update"):
-        fresh.update(force=True)
+            codec.add_context(net)
+    fresh = codec.fresh_module(net, seed)
+    codec.fit_entropy_models(fresh)
     state = fresh.state_dict()
     missing: list[str] = []
     if loaded is not None:
@@ -319,15 +261,12 @@ def load_init(trainable: Trainable, init: str, seed: int) -> dict:
     load_module_state(net, state)
     grow = trainable.cfg.new_low_gains
     if grow:
-        if not hasattr(net, "add_low_gains"):
-            raise UserError(f"codec.new_low_gains: {trainable.codec.name!r} has no gain levels to extend")
         try:
-            net.add_low_gains(grow)
+            codec.add_low_gains(net, grow)
         except ValueError as exc:  # e.g. past the most gain levels a codec may have
             raise UserError(f"codec.new_low_gains: {exc}") from None
     repair_likelihood_bounds(net)
-    if hasattr(net, "update"):
-        net.update(force=True)
+    codec.fit_entropy_models(net)
     trainable.freeze()  # the init may have added or removed submodules
     # a hash of the loaded tensors lets a resumed run notice that its init file was replaced
     return {"init": init, **({"weights_hash": digest} if digest else {}), "new_keys": len(missing),
@@ -352,11 +291,10 @@ def load_module_state(net: torch.nn.Module, state: dict) -> None:
 FINAL = "model.pth"  # a run's final weights in its out folder: what a later stage's init reads
 
 
-def final_state(net: torch.nn.Module) -> dict:
+def final_state(trainable: Trainable | BackendTrainable) -> dict:
     """The module's state with the entropy models' CDF tables rebuilt from its current weights."""
-    if hasattr(net, "update"):
-        net.update(force=True)
-    return net.state_dict()
+    trainable.fit_entropy_models()
+    return trainable.net.state_dict()
 
 
 def half_state(state: dict) -> dict:
@@ -381,16 +319,5 @@ def half_state(state: dict) -> dict:
 def export_options(trainable: Trainable, cfg: CodecConfig, weights_file: Path, folder: Path, write: bool = True) -> dict:
     """open_codec options that load the candidate ``weights_file`` (a state dict of the module);
     files are written only with ``write`` (rank 0)."""
-    from icm.codecs.learned import ShippedCompressAICodec
-
     options = {k: v for k, v in cfg.options.items() if k not in ("weights", "checkpoint")}
-    codec = trainable.codec
-    if isinstance(codec, ShippedCompressAICodec):
-        # a folder of quality<q>.pth for every quality: the candidate, and the shipped others
-        for q in range(1, codec.rate_control.values[1] + 1) if write else ():
-            src = weights_file if q == cfg.quality else codec.folder / f"quality{q}.pth"
-            if src.is_file():
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, folder / f"quality{q}.pth")
-        return {**options, "checkpoint": str(folder)}
-    return {**options, "checkpoint": str(weights_file)}
+    return {**options, **trainable.codec.checkpoint_options(weights_file, cfg.quality, folder, write)}
