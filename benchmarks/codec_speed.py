@@ -151,11 +151,12 @@ def select_rates(codec, points: list[str]) -> list[tuple[str, dict]]:
     ``check_rate`` stores it under that name), or ``rate=`` for a continuous rate; labels use the
     codec's own name for it.
     """
-    rc = codec.rate_control
+    defaults = codec.default_rates()  # icm's own codecs learn their sweep from their weights here
+    rc = codec.rate_control  # ... and only then hold it in rate_control
     continuous = rc.continuous and not rc.values
     key = "rate" if continuous else rc.param
     arg = "rate" if continuous else "quality"
-    sweep = list(dict.fromkeys(rc.default_points))
+    sweep = list(dict.fromkeys(d[key] for d in defaults if key in d))
     if key != "rate":  # order from worst to best quality
         sweep.sort(reverse=not rc.higher_is_better)
     else:
@@ -421,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         random_weights = kind in ("learned", "features") and opts.get("weights") == "random"
         try:
             rates = select_rates(codec, points)
+        except UserError as exc:  # e.g. weights that cannot be loaded to read their sweep
+            note(name, str(exc).splitlines()[0])
+            continue
         except (ValueError, TypeError) as exc:
             note(name, f"cannot choose rate points ({exc})", "failed")
+            failed = True
+            continue
+        if not rates:  # every codec asked for gets a row or a note
+            note(name, f"no rate point to time: {', '.join(points)} of an empty default sweep", "failed")
             failed = True
             continue
         for label, rate in rates:
