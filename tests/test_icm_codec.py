@@ -9,6 +9,7 @@ from decode_probe import assert_same_decode, save_job
 from icm.bitstream import Bitstream
 from icm.codecs.icm_codec import DEFAULT_CONFIG, STRIDE, GainUnit, ICMCodec, ICMNet, _interpolate
 from icm.codecs.learned import pad, to_image, to_tensor
+from icm.codecs.trainable import freeze_all_but, split_parameters
 from icm.errors import BitstreamError, CodecUnavailable, UserError
 
 SMALL = dict(N=32, M=32, Nh=32, aux_channels=32, aux_latent=16, res_channels=16)
@@ -62,9 +63,15 @@ def trained(tmp_path_factory):
     quantiles = torch.optim.Adam(net.parameter_groups()["quantiles"], lr=1e-2)
     folder = tmp_path_factory.mktemp("icm_codec")
     paths = []
+    primary = [name for name, _ in net.named_children() if name not in ICMNet.AUX_MODULES]
     # lr 3e-3 made stage 1 oscillate (MSE 1300-4100 after 300 steps) and the aux checks flaky
     for stage, steps, lr in ((1, 300, 5e-4), (2, 150, 1e-3)):
-        opt = torch.optim.Adam(net.train_stage(stage), lr=lr)
+        # as `icm train` chooses them with codec.train_modules: the primary branch, then the aux branch
+        frozen = freeze_all_but(net, primary if stage == 1 else list(ICMNet.AUX_MODULES))
+        net.train()
+        for m in frozen:
+            m.eval()
+        opt = torch.optim.Adam(split_parameters(net, frozen)[0], lr=lr)
         for _ in range(steps):
             x = batch()
             rate = torch.randint(0, 6, (x.shape[0],), generator=gen).float() / 5
@@ -382,7 +389,7 @@ def test_gradients_reach_the_pixels_and_the_gains(mode, trained):
             assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_codec_forward_and_training_stages(trained):
+def test_codec_forward_runs_the_aux_branch_only_when_beta_needs_it(trained):
     codec = ICMCodec(checkpoint=str(trained[1]), device="cpu")
     x = torch.rand(1, 3, 64, 64)
     out = codec.forward(x, 0.5)
@@ -391,11 +398,19 @@ def test_codec_forward_and_training_stages(trained):
     assert "aux_likelihoods" not in out and "aux_likelihoods" not in codec.forward(x, 0.5, 0.0, aux=False)
     forced = codec.forward(x, 0.5, aux=True)
     assert set(forced["aux_likelihoods"]) == {"aux"} and torch.equal(forced["x_hat"], out["x_hat"])
+
+
+def test_rdc_stage_two_trains_the_aux_branch_alone():
+    """What ``codec.train_modules = AUX_MODULES`` chooses: the aux branch trains (its quantiles by the
+    auxiliary step), the primary branch is frozen."""
     net = ICMNet(**SMALL)
-    params = net.train_stage(2)
-    assert params and all(p.requires_grad for p in params)
-    assert not net.g_a.training and net.aux_r.training and not net.g_a[0].weight.requires_grad
-    assert net.train_stage(1) and net.g_a.training and not net.aux_r.up1.weight.requires_grad
+    frozen = freeze_all_but(net, list(ICMNet.AUX_MODULES))
+    main, quantiles = split_parameters(net, frozen)
+    assert {id(p) for p in main} == {id(p) for p in net.parameter_groups()["aux_branch"]}
+    assert all(p.requires_grad for p in main) and [id(q) for q in quantiles] == [id(net.aux_bottleneck.quantiles)]
+    assert net.g_a in frozen and net.entropy_bottleneck in frozen and not net.g_a[0].weight.requires_grad
+    with pytest.raises(UserError, match="has no submodule 'nope'"):
+        freeze_all_but(net, ["nope"])
 
 
 # -- weights ---------------------------------------------------------------------------------------------
