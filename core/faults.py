@@ -102,3 +102,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+PREVIOUS = "previous"  # where the outputs of an earlier run go while a new one runs
+OUTPUTS = ("results.json", "results.csv", "report.html", "metrics", "plots")
+
+
+def set_aside_previous(out: Path) -> None:
+    """Move an earlier run's outputs to ``OUT/previous/``: until this run writes its own, nothing in
+    ``OUT`` looks like a current result. A successful run removes the folder."""
+    present = [n for n in OUTPUTS if (out / n).exists()]
+    if not present:
+        return
+    aside = out / PREVIOUS
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True, exist_ok=True)
+    for name in present:
+        try:
+            os.replace(out / name, aside / name)
+        except OSError:  # another run on the same OUT moved it first (or is moving it now)
+            pass

@@ -228,7 +228,8 @@ def test_the_space_estimate_is_near_what_the_cache_takes(setup, tmp_path):
     import toy_task
     from icm.datasets import load_dataset
     from icm.evaluation.config import load_experiment
-    from icm.evaluation.engine import Engine, image_key, model_key
+    from icm.evaluation.cache import Cache, image_key, model_key
+    from icm.evaluation.engine import Engine
     from icm.evaluation.space import cache_estimate
     from icm.images import load_image
 
@@ -244,7 +245,7 @@ def test_the_space_estimate_is_near_what_the_cache_takes(setup, tmp_path):
     need, files = cache_estimate(engine, engine.codec_points(), adapters, mkeys, originals)
     assert files == sum(1 for f in cache.rglob("*") if f.is_file() and "plots" not in f.parts)
     assert 0.8 * used <= need <= 1.25 * used, (need, used)
-    engine.cache = cache  # on the finished run's folder nothing is left to write
+    engine.cache = Cache(cache)  # on the finished run's folder nothing is left to write
     assert cache_estimate(engine, engine.codec_points(), adapters, mkeys, originals) == (0, 0)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import REPO, assert_user_error, run_icm
 from icm.datasets import kodak, load_dataset
 from icm.errors import UserError
-from icm.evaluation.engine import image_key
+from icm.evaluation.cache import image_key
 from icm.images import load_image, psnr
 
 SHARED = (REPO.parent / "shared" / "data").resolve()  # holds kodak/: ICM_DATA points here

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from icm.codecs import Codec, entropy_guard, gain_level_rates, joint_rans
-from icm.codecs.learned import default_device, load_checkpoint, pad, tensor_hash, to_images, to_tensors
+from icm.codecs.learned import load_checkpoint, pad, tensor_hash, to_images, to_tensors
+from icm.distributed import default_device
 from icm.codecs.trainable import TrainableCodec, seeded
 from icm.errors import BitstreamError, UserError
 
@@ -535,7 +536,7 @@ class ShippedWeights(TrainableCodec):
         self.name, self.weights = name, weights
         self.version = f"{self.format_version}-cai" + ".".join(compressai.__version__.split(".")[:2])
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.device = torch.device(device) if device else default_device()
+        self.device = default_device(device)
         self.rate_control = gain_level_rates(0)  # no sweep until the weights tell their levels: default_rates()
         self._hash = b""
 

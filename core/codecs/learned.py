@@ -19,13 +19,10 @@ import torch.nn.functional as F
 from icm.codecs import Codec, RateControl, entropy_guard
 from icm.codecs.architectures import ARCHITECTURES
 from icm.codecs.trainable import TrainableCodec, seeded
+from icm.distributed import default_device
 from icm.errors import BitstreamError, UserError
 
 PAD_TO = 64  # every architecture in ARCHITECTURES needs sizes divisible by 64 (two stride-4 stages)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def tensor_hash(state: dict) -> bytes:
@@ -98,7 +95,7 @@ class CompressAICodec(Codec, TrainableCodec):
         self.name = arch
         self.arch, self.metric, self.weights = arch, metric, weights
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.device = torch.device(device) if device else default_device()
+        self.device = default_device(device)
         qualities, self.latent_stride = ARCHITECTURES[arch]
         self.version = "cai" + ".".join(compressai.__version__.split(".")[:2])
         self.description = f"CompressAI {arch} ({metric}), one model per quality"

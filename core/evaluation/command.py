@@ -46,7 +46,7 @@ DEFAULT_CODECS = ("icm-omni", "icm-hyperprior-mse", "icm-omni-features")  # the 
 def evaluate(tasks, task_models, codecs, rates, checkpoint, anchors, anchor_grid, reference, dataset, split, limit, out,
              config_path, label_free, device, weights, class_map, strict, workers, no_progress, check_parity):
     """Encode each image once per codec and rate, decode once, and evaluate every task on it."""
-    from icm.evaluation.engine import check_weights
+    from icm.evaluation.predicting import check_weights
     from icm.evaluation.run import evaluate as run
     from icm.plugins import get_plugins
 

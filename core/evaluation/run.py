@@ -21,10 +21,14 @@ from icm.codecs import open_codec
 from icm.datasets import load_dataset
 from icm.errors import IcmError
 from icm.evaluation.config import Experiment
-from icm.evaluation.engine import ORIGINAL, PREVIOUS, Engine, leave_together, write_json
+from icm.distributed import leave_together
+from icm.evaluation.engine import Engine
+from icm.evaluation.points import ORIGINAL
 from icm.evaluation.report import png_bytes, write_report
 from icm.evaluation.summary import analyse, point_rows, task_rows
+from icm.faults import PREVIOUS
 from icm.images import load_image
+from icm.jsonio import write_json
 
 PACKAGES = ("icm", "torch", "torchvision", "mmcv", "mmengine", "mmdet", "mmsegmentation", "mmpose", "mmpretrain",
             "compressai", "numpy", "pillow", "pillow-heif", "imageio-ffmpeg")
@@ -62,7 +66,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def sample_images(exp: Experiment, result: dict, dataset, codecs: dict | None = None) -> list[tuple[str, str, bytes]]:
     """A few decoded images per codec and rate for the report, decoded again from the cached bitstreams."""
-    from icm.evaluation.engine import image_key
+    from icm.evaluation.cache import image_key
 
     out = []
     chosen = dataset.images[: exp.samples_in_report]

@@ -19,18 +19,19 @@ def cache_estimate(engine, points, adapters: dict, mkeys: dict, originals: dict,
     block), the scores they change and the report's decoded samples as PNG, each file rounded up to
     the filesystem's block.
     ``scale`` extrapolates one rank's shard to the whole run."""
-    block = _block(engine.cache)
-    guesses = {t: _cached_size(engine.cache / "predictions" / mkeys[t]) for t in adapters}
+    cache = engine.cache
+    block = _block(cache.root)
+    guesses = {t: _cached_size(cache.root / "predictions" / mkeys[t]) for t in adapters}
     sizes, scored = [], set()
     for n, (codec, point) in enumerate(points):
         for i, (img, ikey) in enumerate(originals.values()):
             pixels = img.shape[0] * img.shape[1]
-            if codec is not None and not (engine.cache / "bitstreams" / point.codec / point.key / f"{ikey}.icm").exists():
+            if codec is not None and not cache.bitstream_file(point, ikey).exists():
                 sizes += [pixels * BPP / 8 + 64, SIDECAR] + ([SIDECAR] if hasattr(codec, "estimate_bits") else [])
                 if i < engine.exp.samples_in_report:
                     sizes.append(pixels * 3 / 2)  # a decoded sample, PNG-compressed about 2:1
             for task in adapters:
-                if not engine._prediction_file(mkeys[task], point, ikey).exists():
+                if not cache.prediction_file(mkeys[task], point, ikey).exists():
                     sizes.append(guesses[task])
                     scored.add((task, n))  # a new prediction: the task is scored again at this point
     sizes += [SIDECAR] * len(scored)

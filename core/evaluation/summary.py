@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from icm.analysis import bd_metric, bd_rate, pareto_front
-from icm.evaluation.engine import ORIGINAL
+from icm.evaluation.points import ORIGINAL, ORIGINAL_POINT, point_label
 
 
 def bd_metric_name(task: str, primary: str) -> str:
@@ -44,7 +44,7 @@ def task_rows(result: dict, rows: list[dict]) -> list[dict]:
     out = []
     for task, by_point in result["metrics"].items():
         for row in rows:
-            m = by_point.get(f"{row['codec']}@{row['rate_key']}")
+            m = by_point.get(point_label(row["codec"], row["rate_key"]))
             if m is not None:
                 out.append({**row, "task": task, "primary": result["tasks"][task]["primary"],
                             "metric": m.get(result["tasks"][task]["primary"]), **{f"m.{k}": v for k, v in m.items()}})
@@ -60,11 +60,11 @@ def analyse(result: dict, rows: list[dict], reference: str) -> dict:
         curves = {}
         for codec in codecs:
             # a point whose primary metric could not be computed (null, with a note) is not on the curve
-            pts = [(r["bpp"], by_point[f"{codec}@{r['rate_key']}"].get(primary), r["rate_key"]) for r in rows
-                   if r["codec"] == codec and f"{codec}@{r['rate_key']}" in by_point and r["bpp"] is not None]
+            pts = [(r["bpp"], by_point[point_label(codec, r["rate_key"])].get(primary), r["rate_key"]) for r in rows
+                   if r["codec"] == codec and point_label(codec, r["rate_key"]) in by_point and r["bpp"] is not None]
             pts = [p for p in pts if p[1] is not None and math.isfinite(p[1])]
             curves[codec] = {"points": pts, "front": pareto_front([(b, m) for b, m, _ in pts])}
-        ceiling = by_point.get(f"{ORIGINAL}@none", {}).get(primary)
+        ceiling = by_point.get(ORIGINAL_POINT.label, {}).get(primary)
         ref = curves.get(reference, {}).get("front")
         bd = {}
         for codec, c in curves.items():

@@ -33,9 +33,9 @@ def default_workers(device: str | None) -> int:
             from icm.errors import UserError
 
             raise UserError(f"ICM_WORKERS={os.environ['ICM_WORKERS']!r} is not a whole number") from None
-    import torch
+    from icm.distributed import default_device
 
-    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
+    if (device or str(default_device())).startswith("cuda"):
         return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from icm.analysis import pareto_front
 from icm.evaluation.config import CodecSpec, Experiment
-from icm.evaluation.engine import rate_key
+from icm.evaluation.points import point_label, rate_key
 from icm.training.validate import score
 
 
@@ -55,7 +55,7 @@ def reevaluate(cfg, front: list[dict], export, out: Path, progress: bool = True)
         for c in chosen:
             key = rate_key(c["rate"])
             p = points.get(key, {})
-            label = f"{cfg.codec.name}@{key}"
+            label = point_label(cfg.codec.name, key)
             real = {t: m[label] for t, m in results["metrics"].items() if label in m}
             primaries = {t: v["primary"] for t, v in results["tasks"].items()}
             rows.append({"epoch": epoch, "rate": c["rate"], "est_bpp": c["est_bpp"], "bpp": p.get("bpp"),

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from icm.evaluation.engine import gather, rate_key
+from icm.distributed import gather
+from icm.evaluation.points import rate_key
 from icm.tasks import Batch
 from icm.training.codec import rate_value
 from icm.training.data import eval_batches, load_batch, pad
