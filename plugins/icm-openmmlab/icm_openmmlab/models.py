@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from icm.distributed import default_device
 from icm.errors import UserError
 
 SCOPES = {"mmdet": "mmdet.utils", "mmseg": "mmseg.utils", "mmpose": "mmpose.utils", "mmpretrain": "mmpretrain.utils"}
@@ -151,8 +152,7 @@ def build_model(cfg, lib: str, checkpoint: str | None, device=None, strict: bool
         model.load_state_dict(state, strict=False)
     model.cfg = cfg
     model.dataset_meta = dataset_meta(cfg, lib, checkpoint)
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return freeze(model.to(device))
+    return freeze(model.to(default_device(device)))
 
 
 def check_fit(model: torch.nn.Module, state: dict, what: str, strict: bool = True) -> None:
