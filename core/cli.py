@@ -143,7 +143,7 @@ def tasks(as_json):
     if as_json:
         return _emit_json(rows)
     if not rows:
-        click.echo("no tasks registered; install a task plugin, e.g. pip install icm-plugin-mmdet")
+        click.echo("no tasks registered; install a task plugin (docs/install.md)")
         return
     _table("tasks", ["name", "metrics", "plugin", "description"],
            [[r["name"], ", ".join(r["metrics"]), r["plugin"], r["description"]] for r in rows])
@@ -243,14 +243,14 @@ _add_builtin_commands()
 
 
 def _quiet_libraries() -> None:
-    """OpenMMLab and friends warn about their own deprecations on every import; users cannot act on
-    those, so the CLI hides them (ICM_DEBUG=1 shows them)."""
+    """Libraries warn about their own deprecations on every import; users cannot act on those, so the
+    CLI hides them (ICM_DEBUG=1 shows them). Task plugins hide their model libraries' the same way."""
     import os
     import warnings
 
     if os.environ.get("ICM_DEBUG"):
         return
-    for module in ("mmdet", "mmseg", "mmpose", "mmpretrain", "mmengine", "mmcv", "compressai", "torch", "pkg_resources"):
+    for module in ("compressai", "torch", "pkg_resources"):
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)

@@ -21,7 +21,8 @@ def icm_register_codecs(register):
 
 @hookspec
 def icm_register_tasks(register):
-    """Register task adapters: ``register(name, factory, description=..., metrics=[...])``.
+    """Register task adapters: ``register(name, factory, description=..., metrics=[...], primary=...)``,
+    the one declaration of the task's metrics (the adapter reads it: ``TaskAdapter.registration``).
 
     ``factory(config=None, checkpoint=None, device=None)`` returns an :class:`icm.tasks.TaskAdapter`.
     """

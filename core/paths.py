@@ -2,7 +2,7 @@
 
 The core's codec weights and experiment/training configs are the package ``icm.configs`` (the repo's
 ``configs/`` folder, mapped in pyproject.toml), so they travel inside the wheel. Each task plugin
-ships its model config and weights inside its own package (``icm_mmdet/model/...``) and finds them
+ships its model config and weights inside its own package (``<package>/model/...``) and finds them
 with :func:`package_file`. ``$ICM_CONFIGS`` points the core at another folder of the same layout.
 """
 
@@ -24,7 +24,7 @@ def package_file(package: str, relative: str) -> Path:
     if not path.exists():
         from importlib.metadata import packages_distributions
 
-        dist = (packages_distributions().get(package) or [package])[0]  # the pip name, e.g. icm-plugin-mmdet
+        dist = (packages_distributions().get(package) or [package])[0]  # the pip name of the package
         raise UserError(f"shipped file {relative} is missing from package {package} ({path}); "
                         f"reinstall it: pip install --force-reinstall {dist}")
     return path

@@ -1,4 +1,4 @@
-"""The TaskAdapter interface: what a task plugin (icm-plugin-mmdet, ...) supplies to the core.
+"""The TaskAdapter interface: what a task plugin supplies to the core.
 
 Pipelines only talk to this interface, so an OpenMMLab model, a torchvision model or a hand-written
 one plug in the same way. See docs/plugins/tutorial.md.
@@ -71,7 +71,7 @@ class TaskAdapter(ABC):
     # Tasks read from one model forward: adapters whose forward_key is equal (and not None) compute their
     # predictions from one forward per batch. `icm evaluate` calls them back to back on the same Batch
     # object, and such an adapter may reuse the outputs it computed for that object (det, inst and
-    # panoptic on one PanopticFPN: icm.openmmlab.shared_forward).
+    # panoptic on one PanopticFPN: icm-openmmlab's shared_forward).
     forward_key: object = None
 
     def __init__(self):
@@ -128,7 +128,7 @@ class TaskAdapter(ABC):
         return None
 
     def library_test(self, images: list[dict]) -> LibraryTest | None:
-        """Run the task library's own evaluation (for OpenMMLab: mmengine's ``Runner.test()`` with the
+        """Run the task library's own evaluation (for OpenMMLab: its ``Runner.test()`` with the
         library's dataset class, test pipeline and metric) on these images of the bound dataset, for
         ``icm evaluate --check-parity``. None when the adapter has no such reference."""
         return None

@@ -67,7 +67,7 @@ def res_blocks(channels: int, n: int) -> nn.Sequential:
 
 
 class BackboneHead(nn.Module):
-    """ResNet-18 stem and layer1 at base width 32, named as torchvision and mmdet name them, so the
+    """ResNet-18 stem and layer1 at base width 32, named as torchvision and OpenMMLab name them, so the
     shipped task models' ``backbone.conv1/bn1/layer1.*`` weights load into it directly."""
 
     def __init__(self, width: int = CHANNELS):

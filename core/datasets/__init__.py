@@ -1,13 +1,13 @@
 """Datasets as icm sees them: a list of images plus paths to annotation files in standard formats.
 
 A :class:`Dataset` only describes; task adapters read the annotations with their own loaders
-(pycocotools, mmdet, mmseg, mmpose, mmpretrain). Annotation keys:
+(pycocotools, their task library's datasets). Annotation keys:
 
 - ``instances``: COCO instances JSON; ``keypoints``: COCO keypoints JSON
 - ``panoptic_json`` and ``panoptic_dir``: COCO panoptic JSON and its folder of RGB id PNGs
 - ``semantic_dir``: single-channel label PNGs, at the image's path relative to ``images_dir`` with
   ``meta["image_suffix"]`` (default: the extension) replaced by ``meta["semantic_suffix"]`` (default ``.png``)
-- ``classification``: lines ``relative/path.png label_index`` relative to ``root`` (mmpretrain CustomDataset)
+- ``classification``: lines ``relative/path.png label_index`` relative to ``root`` (OpenMMLab's CustomDataset format)
 
 :func:`load_dataset` takes, in this order:
 

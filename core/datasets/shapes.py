@@ -11,7 +11,7 @@ Labels (the same in ``meta`` of ``dataset.json``):
 - COCO category ids: 1 disc, 2 square, 3 triangle, 4 figure (things), 5 wall, 6 ground (stuff)
 - panoptic segment id = category_id * 1000 + instance number (1, 2, ... per category; 0 for stuff)
 - classification: index into (disc, square, triangle, figure) of the largest visible thing
-- keypoints (x, y, v) with pixel centres at integer coordinates (the cv2/mmpose convention);
+- keypoints (x, y, v) with pixel centres at integer coordinates (the cv2/OpenMMLab convention);
   v = 2 visible, 1 hidden by a thing drawn later. ``left_*`` lies on the image's right for an
   upright figure (it faces the viewer, as in COCO).
 
@@ -54,7 +54,7 @@ HERO_MARGIN = 1.25  # the hero's visible area beats every other thing's by this 
 META = {
     "semantic_classes": list(SEMANTIC), "ignore_index": 255, "palette": PALETTE,
     "things": list(THINGS), "stuff": list(STUFF), "category_ids": CATEGORY_IDS,
-    "thing_classes": list(THINGS), "stuff_classes": list(STUFF),  # the same, under mmdet's metainfo names
+    "thing_classes": list(THINGS), "stuff_classes": list(STUFF),  # the same, under OpenMMLab's metainfo names
     "panoptic_label_divisor": PANOPTIC_DIVISOR, "classification_classes": list(THINGS),
     "keypoint_names": list(KEYPOINTS), "skeleton": SKELETON, "sigmas": SIGMAS, "flip_pairs": FLIP_PAIRS,
     "keypoint_category": "figure", "keypoint_coordinates": "pixel centres at integers",

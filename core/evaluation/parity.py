@@ -8,7 +8,7 @@ numbers are compared:
   probabilities), and their metrics by the same icm evaluator (to 1e-6). This is how the model is
   run (test pipeline, test-time settings);
 - the metric: icm's, and the library's own metric class as it prints it, to within its rounding
-  (mmdet's CocoMetric prints 3 decimals, mmseg's IoUMetric 0.01 %). This is how it is scored.
+  (a COCO metric prints 3 decimals, an IoU metric 0.01 %). This is how it is scored.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -30,15 +31,24 @@ from icm.faults import PREVIOUS
 from icm.images import load_image
 from icm.jsonio import write_json
 
-PACKAGES = ("icm", "torch", "torchvision", "mmcv", "mmengine", "mmdet", "mmsegmentation", "mmpose", "mmpretrain",
-            "compressai", "numpy", "pillow", "pillow-heif", "imageio-ffmpeg")
+PACKAGES = ("icm", "torch", "torchvision", "compressai", "numpy", "pillow", "pillow-heif", "imageio-ffmpeg")
+
+
+def plugin_packages() -> list[str]:
+    """Every installed icm plugin's distribution and what it requires (its model library, ...)."""
+    names = []
+    for dist in metadata.distributions():
+        if any(ep.group == "icm" for ep in dist.entry_points):
+            names.append(dist.metadata["Name"])
+            names += [re.match(r"[A-Za-z0-9._-]+", r).group() for r in dist.requires or [] if "extra ==" not in r]
+    return names
 
 
 def provenance(exp: Experiment) -> dict:
     import torch
 
     versions = {}
-    for p in PACKAGES:
+    for p in dict.fromkeys([*PACKAGES, *plugin_packages()]):
         try:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:

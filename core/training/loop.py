@@ -53,7 +53,7 @@ def save_torch(obj, path: Path) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """torch's, numpy's and Python's global RNGs, as mmengine's set_random_seed does."""
+    """torch's, numpy's and Python's global RNGs, as OpenMMLab's set_random_seed does."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -5,7 +5,17 @@ A library, not a plugin: it registers nothing. The core (``icm``) never imports 
 icm-plugin-mmdet, -mmseg, -mmpose and -mmpretrain do.
 """
 
-from icm_openmmlab.adapter import OpenMMLabAdapter, shared_forward
+import os
+import warnings
+
+if not os.environ.get("ICM_DEBUG"):
+    # OpenMMLab warns about its own deprecations on every import; users cannot act on those, so they
+    # are hidden as icm's CLI hides torch's (ICM_DEBUG=1 shows them)
+    for _module in ("mmdet", "mmseg", "mmpose", "mmpretrain", "mmengine", "mmcv"):
+        for _category in (UserWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=_category, module=_module)
+
+from icm_openmmlab.adapter import OpenMMLabAdapter, shared_forward  # noqa: E402
 from icm_openmmlab.features import FEATURE_SPLITS, FeatureFedBackbone, reads_split
 from icm_openmmlab.library_test import run_library_test, subset_positions
 from icm_openmmlab.models import (build_model, check_fit, dataset_meta, freeze, load_config, normalise, quiet,
