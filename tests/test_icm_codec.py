@@ -128,6 +128,26 @@ def test_latent_is_one_eighth_and_a_context_model_reads_it_in_four_parallel_step
     assert (reads == 1).all()
 
 
+def test_the_shipped_icm_omni_reads_y_in_four_context_steps_and_decodes_to_its_forward(images):
+    """What docs/icm_codec.md says of the shipped weights: a context model that reads y in four steps
+    (two channel groups x two checkerboard halves, each element once), and a file at each of its eight
+    gain levels decodes to the eval forward's pixels (within one grey level: the rounding of x_hat)."""
+    codec = ICMCodec(device="cpu")
+    net = codec.net
+    assert net.context is not None and net.config["num_gains"] == 8
+    img = images[0]
+    with torch.no_grad():
+        y = net(pad(to_tensor(img, "cpu"), STRIDE), 0.5)["y"]
+    steps = net._y_steps(y)
+    reads = torch.zeros(y.shape[1:], dtype=torch.int)
+    for channels, mask in steps:
+        reads[channels] += mask
+    assert len(steps) == 4 and (reads == 1).all()
+    for rate in codec.default_rates():
+        decoded = codec.decode(codec.encode(img, **rate))
+        assert np.abs(decoded.astype(int) - _eval_forward(codec, img, rate["rate"]).astype(int)).max() <= 1, rate
+
+
 def test_a_context_model_decodes_what_the_forward_gives_at_the_bits_it_estimates(images):
     """y coded in four steps (two channel groups, each in two checkerboard halves), every step's
     entropy model refined from the steps before it. The file decodes to the eval forward's x_hat, and
