@@ -126,10 +126,9 @@ def test_cli_info_shows_the_split_and_decode_refuses_in_one_line(tmp_path, coded
 
 def test_feature_losses_reach_the_if_module(codec, image):
     from icm.tasks import Batch
-    from icm.training.codec import find_module
     from icm.training.losses import Context, build_loss
 
-    net = find_module(codec)
+    net = codec.trainable_module()
     x = torch.from_numpy(np.stack([image[:128, :128]] * 2 + [image[-128:, -128:]] * 2)).permute(0, 3, 1, 2).float() / 255
     net.train()
     try:
