@@ -17,7 +17,10 @@ from icm.analysis import bd_metric, bd_rate
 
 PUBLISHED = Path(__file__).with_name("kodak_compressai.json")
 # icm anchor -> the published anchors it is compared with
-PAIRS = {"jpeg": ["jpeg"], "webp": ["webp"], "avif": ["av1"], "hevc": ["bpg-x265-444", "hm"], "vvc": ["vtm"]}
+PAIRS = {"jpeg": ["jpeg"], "webp": ["webp"], "avif": ["av1"], "hevc": ["bpg-x265-444", "hm"], "vvc": ["vtm"],
+         # icm's learned codecs beside the published learned model of their kind
+         "icm-photo-mse": ["bmshj2018-hyperprior"], "icm-hyperprior-mse": ["bmshj2018-hyperprior"],
+         "icm-omni-mse": ["bmshj2018-hyperprior"], "icm-omni": ["bmshj2018-hyperprior"]}
 
 
 def curves(results: dict) -> dict[str, list[tuple[float, float]]]:
@@ -39,15 +42,16 @@ def main():
     ap.add_argument("results", type=Path, help="results.json of an `icm evaluate --dataset kodak --tasks none` run")
     args = ap.parse_args()
     results = json.loads(args.results.read_text())
-    published = json.loads(PUBLISHED.read_text())["anchors"]
+    data = json.loads(PUBLISHED.read_text())
+    published = {**data["anchors"], **data.get("models", {})}
     ours = curves(results)
     images = {r["images"] for r in results["points"] if r["codec"] in ours}
-    print(f"icm anchors on {results['experiment']['dataset']} ({'/'.join(map(str, sorted(images)))} images)\n")
-    print("| icm anchor | icm points (bpp : PSNR dB) |")
+    print(f"icm codecs on {results['experiment']['dataset']} ({'/'.join(map(str, sorted(images)))} images)\n")
+    print("| icm codec | icm points (bpp : PSNR dB) |")
     print("|---|---|")
     for codec, pts in ours.items():
         print(f"| {codec} | {', '.join(f'{b:.3f} : {p:.2f}' for b, p in pts)} |")
-    print("\n| icm anchor | published anchor | BD-rate icm vs published | BD-PSNR | PSNR range compared |")
+    print("\n| icm codec | published codec | BD-rate icm vs published | BD-PSNR | PSNR range compared |")
     print("|---|---|---|---|---|")
     for codec, names in PAIRS.items():
         if codec not in ours:
