@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import toy_task
 from conftest import REPO
 from icm import hookimpl
-from icm.codecs import Codec, RateControl
+from icm.codecs import Codec, RateControl, TrainableCodec
 from icm.codecs.icm_codec import MAX_GAIN_LEVELS, GainUnit
 from icm.datasets import load_dataset
 from icm.errors import UserError
@@ -436,7 +436,7 @@ def test_a_run_does_not_depend_on_what_drew_from_the_global_rngs_before_it(toy, 
     assert quiet.keys() == noisy.keys() and all(torch.equal(quiet[k], noisy[k]) for k in quiet)
 
 
-class FakeOmni(Codec):
+class FakeOmni(Codec, TrainableCodec):
     """A continuous-rate codec for the test: a factorized CompressAI model behind a crude gain unit."""
 
     name, kind, version = "fake-omni", "learned", "1"
@@ -458,6 +458,14 @@ class FakeOmni(Codec):
     @staticmethod
     def gain(rate):
         return 0.25 + 1.5 * rate
+
+    def trainable_module(self, quality=None):
+        return self.net
+
+    def fresh_module(self, module, seed):
+        from icm.codecs.trainable import seeded
+
+        return seeded(seed, lambda: type(module)(module.N, module.M))
 
     def forward(self, x, rate, beta=1.0):
         y = self.net.g_a(x) * self.gain(rate)
