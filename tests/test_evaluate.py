@@ -152,9 +152,11 @@ def test_worker_processes_give_the_metrics_of_one_process(tiny_shapes, tmp_path)
     assert r2["metrics"] == r1["metrics"] and r2["analysis"] == r1["analysis"]
     assert r2["counters"]["encodes"] == r1["counters"]["encodes"] > 0
     assert len(r2["timing"]["rank_wall_seconds"]) == 2 and r2["timing"]["workers"] == 2
+    # each worker reports its own peak memory: at least the torch it imported, far below the machine
+    assert all(100 < mb < 16000 for mb in r2["timing"]["rank_peak_rss_mb"])
     for stage in ("load/tasks", "encode", "decode", "predict/colour", "score/colour", "report"):
         assert r2["timing"]["stages"][stage] > 0, stage
-    assert "wall" in two.stdout and "predict/colour" in two.stdout  # the end-of-run stage table
+    assert "wall" in two.stdout and "predict/colour" in two.stdout and "peak memory" in two.stdout  # the end-of-run stage table
     bad = run_icm(*args, "--workers", "2", "--tasks", "nope", "--out", tmp_path / "bad", env=env)
     assert_user_error(bad, "unknown task 'nope'")
 

@@ -189,7 +189,8 @@ def _print_summary(summary: dict) -> None:
 def _print_timing(timing: dict) -> None:
     from icm.evaluation.timing import stage_table
 
-    click.echo("\n".join(stage_table(timing["stages"], timing["wall_seconds"], timing["cpu_seconds"], timing["workers"])))
+    click.echo("\n".join(stage_table(timing["stages"], timing["wall_seconds"], timing["cpu_seconds"], timing["workers"],
+                                       timing.get("rank_peak_rss_mb"))))
 
 
 def _names(values) -> list[str]:

@@ -42,6 +42,7 @@ class Shard:
     stages: dict  # seconds per stage
     wall: float
     cpu: float
+    peak_rss_mb: float  # the rank's peak resident memory so far (the largest image and model it held)
 
 
 class Engine:
@@ -99,7 +100,7 @@ class Engine:
             warn_if_short(self.out, *cache_estimate(self, points, adapters, mkeys, originals, len(images) / len(shard)))
         records, predictions = self.code_and_predict(points, shard, originals, adapters, mkeys, world)
         gathered = gather(Shard(records, predictions, self.tally.counters, dict(self.clock.seconds),
-                                time.perf_counter() - start_wall, time.process_time() - start_cpu), world)
+                                time.perf_counter() - start_wall, time.process_time() - start_cpu, peak_rss_mb()), world)
         scored = self.scorer.score(dataset, images, adapters, [p for _, p in points],
                                    merge_predictions(gathered, adapters), rank, world)
         if rank != 0:
@@ -181,7 +182,16 @@ class Engine:
                 "tasks": {t: {"primary": a.primary_metric, "model": mkeys[t]} for t, a in adapters.items()},
                 "timing": {"stages": self.clock.seconds, "workers": len(gathered),
                            "rank_cpu_seconds": [round(g.cpu, 3) for g in gathered],
-                           "rank_wall_seconds": [round(g.wall, 3) for g in gathered]}}
+                           "rank_wall_seconds": [round(g.wall, 3) for g in gathered],
+                           "rank_peak_rss_mb": [round(g.peak_rss_mb, 1) for g in gathered]}}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def merge_predictions(gathered: list[Shard], adapters: dict) -> dict:

@@ -34,7 +34,8 @@ class Stopwatch:
             self.seconds[name] = self.seconds.get(name, 0.0) + s
 
 
-def stage_table(stages: dict[str, float], wall: float, cpu: float, workers: int) -> list[str]:
+def stage_table(stages: dict[str, float], wall: float, cpu: float, workers: int,
+                peak_rss_mb: list[float] | None = None) -> list[str]:
     """Lines of the end-of-run table: each stage's seconds and share, largest first. With several
     workers the stage seconds are summed over them, so they can exceed the wall time."""
     total = sum(stages.values()) or 1.0
@@ -42,4 +43,6 @@ def stage_table(stages: dict[str, float], wall: float, cpu: float, workers: int)
     for name, s in sorted(stages.items(), key=lambda kv: -kv[1]):
         lines.append(f"{name:<22s} {s:8.1f} {100 * s / total:5.1f}%")
     lines.append(f"{'wall':<22s} {wall:8.1f}   ({workers} worker{'s' if workers != 1 else ''}, CPU {cpu:.1f} s)")
+    if peak_rss_mb:
+        lines.append(f"{'peak memory':<22s} {max(peak_rss_mb):8.0f}   (MB, the largest of a worker's peak resident sets)")
     return lines
