@@ -180,8 +180,9 @@ def _run(cmd: list[str], stdin: bytes | None = None, timeout: float | None = Non
 
 def decode_timeout(pixels: int) -> float:
     """Seconds a subprocess decoder may take for one frame: generous for real frames (an 89 MP
-    frame decodes in a few seconds), but a crafted stream cannot hang a decode."""
-    return 10.0 + pixels / 1e6
+    frame decodes in a few seconds; a 0.4 MP VVC frame took over 10 s on a 2-core machine at load 20),
+    but a crafted stream cannot hang a decode."""
+    return 30.0 + 2 * pixels / 1e6
 
 
 def _pad_even(image: np.ndarray) -> np.ndarray:
