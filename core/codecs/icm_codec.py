@@ -639,7 +639,6 @@ class ICMCodec(ShippedWeights, Codec):
     def add_context(self, module: ICMNet) -> None:
         module.set_context(True)
 
-
     def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
         """Bits the entropy models expect for this image (main + hyper, plus aux when ``aux``)."""
         return self.estimate_bits_batch([image], rate)[0]

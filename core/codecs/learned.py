@@ -180,7 +180,6 @@ class CompressAICodec(Codec, TrainableCodec):
         widths = (module.N, module.M) if hasattr(module, "M") else (module.N,)
         return seeded(seed, lambda: type(module)(*map(int, widths)))
 
-
     def estimate_bits(self, image: np.ndarray, rate: dict) -> float:
         """Bits the entropy model expects for this image (Le §5.4: compare with the real file size)."""
         return self.estimate_bits_batch([image], rate)[0]
