@@ -28,3 +28,11 @@ def test_channels_last_synthesis_decodes_the_same_pixels(name, options, natural_
             fast, old = decode_both(codec, codec.encode(image, **rate), monkeypatch)
             assert fast.shape == image.shape
             assert np.array_equal(fast, old), (name, rate)
+
+
+def test_decoded_split_tensors_are_in_nchw_memory(natural_images):
+    """The feature codec's synthesis runs channels-last too, but what readers get must be NCHW memory:
+    compiled ops (mmcv's RoIAlign on a reader's FPN levels) read channels-last memory as garbage."""
+    codec = open_codec("icm-omni-features", device="cpu")
+    decoded = codec.decode_features(codec.encode(natural_images[0], **codec.default_rates()[0]))
+    assert decoded.is_contiguous() and decoded.dim() == 4

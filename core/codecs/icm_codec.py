@@ -512,6 +512,9 @@ class ICMNet(CompressionModel):
             y_hats.append(y_g_hat * ig_y[i:i + 1])
         y_hat = torch.cat(y_hats)
         x_main, feats = self._decode(y_hat.contiguous(memory_format=self.synthesis_format))
+        # back to NCHW memory: readers hand the output to compiled ops that assume it (mmcv's RoIAlign
+        # on a feature reader's FPN levels read channels-last memory as garbage)
+        x_main = x_main.contiguous()
         if beta == 1.0 or not all("aux" in s for s in streams):
             return x_main
         if not self.aux:
@@ -519,7 +522,7 @@ class ICMNet(CompressionModel):
         _, ig_a = self.gain_aux(rate)
         s_g_hat = self.aux_bottleneck.decompress([s["aux"] for s in streams], (H // 16, W // 16))
         r = self.aux_r(y_hat + self.aux_s(s_g_hat * ig_a), feats)
-        return x_main + (1 - beta) * r
+        return (x_main + (1 - beta) * r).contiguous()
 
 
 class ShippedWeights(TrainableCodec):

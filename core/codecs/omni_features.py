@@ -106,6 +106,9 @@ class FeatureCompressor(ICMNet):
     """Fig. 2 on ICMNet's entropy coding: y = g_a(h) at 1/4 of the feature map, z at 1/16."""
 
     stride = 16
+    # its output is a float split tensor, not rounded pixels: channels-last sums differ in the last bits,
+    # so it keeps the layout its readers were trained and measured on
+    synthesis_format = torch.contiguous_format
 
     def __init__(self, N: int = 64, M: int = 64, Nh: int = 48, res_blocks_n: int = 1, num_gains: int = 6,
                  channels: int = CHANNELS, train_quant: str = "noise"):
