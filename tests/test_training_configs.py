@@ -145,7 +145,7 @@ def test_each_shipped_learned_codec_is_exported_by_one_stage():
     for path in CONFIGS:
         for name, cfg in load_stages(path):
             if cfg.export and Path(cfg.export).parts[:2] == ("configs", "codecs"):
-                exports.setdefault(Path(cfg.export).parent.name, []).append(f"{path.stem}:{name}")
+                exports.setdefault(Path(cfg.export).parent.name, []).append(f"{path.stem}:{name}" if name else path.stem)
     assert exports["icm-omni-mse"] == ["icm_omni:mse"]
     assert exports["icm-omni"] == ["icm_omni:context"]
     assert exports["icm-omni-aux"] == ["icm_omni:aux"]
