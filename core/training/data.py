@@ -43,16 +43,7 @@ def _decoded(file_name: str) -> torch.Tensor:
 def load_crops(samples: list[dict], crop: int, device) -> torch.Tensor:
     """One random ``crop``×``crop`` window per sample, each at its own position, so the samples may
     differ in size (a folder of photos). Uses the global torch RNG (seeded by the run)."""
-    windows = []
-    for s in samples:
-        image = _decoded(s["file_name"])
-        h, w = image.shape[-2:]
-        if crop > min(h, w):
-            from icm.errors import UserError
-
-            raise UserError(f"crop {crop} is larger than {s['file_name']} ({w}x{h})")
-        top, left = int(torch.randint(0, h - crop + 1, ())), int(torch.randint(0, w - crop + 1, ()))
-        windows.append(image[:, top:top + crop, left:left + crop])
+    windows = [random_window(_decoded(s["file_name"]), crop, s["file_name"]) for s in samples]
     return torch.stack(windows).to(device=device, dtype=torch.float32).div_(255.0)
 
 
@@ -87,18 +78,23 @@ def sampled_batches(images: list[dict], batch_size: int, steps: int, seed: int, 
     return batches
 
 
+def random_window(x: torch.Tensor, crop: int, what: str) -> torch.Tensor:
+    """A random ``crop``×``crop`` window of ``x`` (..., H, W): top, then left, from the global torch RNG."""
+    h, w = x.shape[-2:]
+    if crop > min(h, w):
+        from icm.errors import UserError
+
+        raise UserError(f"crop {crop} is larger than {what} ({w}x{h})")
+    top = int(torch.randint(0, h - crop + 1, ()))
+    left = int(torch.randint(0, w - crop + 1, ()))
+    return x[..., top:top + crop, left:left + crop]
+
+
 def augment(x: torch.Tensor, crop: int | None = None, hflip: bool = False) -> torch.Tensor:
     """A random ``crop``×``crop`` window (one position for the batch) and, with ``hflip``, each sample
     flipped left-right with probability 1/2. Uses the global torch RNG (seeded by the run)."""
     if crop:
-        h, w = x.shape[-2:]
-        if crop > min(h, w):
-            from icm.errors import UserError
-
-            raise UserError(f"crop {crop} is larger than the images ({w}x{h})")
-        top = int(torch.randint(0, h - crop + 1, ()))
-        left = int(torch.randint(0, w - crop + 1, ()))
-        x = x[..., top:top + crop, left:left + crop]
+        x = random_window(x, crop, "the images")
     if hflip:
         flip = torch.rand(x.shape[0]) < 0.5
         x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
