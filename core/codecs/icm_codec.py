@@ -512,8 +512,8 @@ class ICMNet(CompressionModel):
             y_hats.append(y_g_hat * ig_y[i:i + 1])
         y_hat = torch.cat(y_hats)
         x_main, feats = self._decode(y_hat.contiguous(memory_format=self.synthesis_format))
-        # back to NCHW memory: readers hand the output to compiled ops that assume it (mmcv's RoIAlign
-        # on a feature reader's FPN levels read channels-last memory as garbage)
+        # back to NCHW memory: readers hand the output to compiled ops that assume it (a compiled
+        # RoIAlign on a feature reader's FPN levels read channels-last memory as garbage)
         x_main = x_main.contiguous()
         if beta == 1.0 or not all("aux" in s for s in streams):
             return x_main
