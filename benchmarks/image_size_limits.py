@@ -5,7 +5,8 @@ of one encode + decode at growing sizes, and the largest size that fits in the m
         [--sizes 768x512,1536x1024,2304x1536] [--threads 1] [--json limits.json]
 
 Each (codec, size) runs in its own process, so its peak resident memory (``ru_maxrss``) is that one
-encode and decode at the highest default rate point, nothing left over from another. The picture is
+encode and decode at the highest default rate point, nothing left over from another (a feature
+codec decodes its tensor and the picture made from it, as ``icm evaluate`` does). The picture is
 scikit-image's astronaut resized to the size (a photograph: the entropy coder works as on real data).
 A learned codec's activations grow linearly with pixels, so the script fits peak memory against
 megapixels by least squares over the sizes and reports where the fit meets the machine's memory
@@ -28,7 +29,7 @@ from pathlib import Path
 SHIPPED_LEARNED = "icm-omni,icm-omni-aux,icm-omni-mse,icm-hyperprior-mse,icm-photo-mse,icm-omni-features"
 
 
-def child(codec_name: str, width: int, height: int, threads: int) -> dict:
+def child(codec_name: str, width: int, height: int, threads: int, weights: str | None = None) -> dict:
     """One encode + decode in this process; returns its timings and peak memory."""
     import numpy as np
     import skimage.data
@@ -39,14 +40,19 @@ def child(codec_name: str, width: int, height: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     img = np.ascontiguousarray(resize(np.asarray(skimage.data.astronaut())[..., :3], width, height))
-    codec = open_codec(codec_name)
+    codec = open_codec(codec_name, **({"weights": weights} if weights else {}))
     rate = codec.default_rates()[-1]
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     data = codec.encode(img, **rate)
     enc = time.perf_counter() - t
     t = time.perf_counter()
-    codec.decode_features(data) if codec.kind == "features" else codec.decode(data)
+    if codec.kind == "features":  # the tensor and the picture made from it, as icm evaluate decodes
+        from icm.bitstream import Bitstream
+
+        codec.decode_all(Bitstream.from_bytes(data))
+    else:
+        codec.decode(data)
     dec = time.perf_counter() - t
     return {"codec": codec_name, "width": width, "height": height, "rate": rate, "bytes": len(data),
             "encode_s": enc, "decode_s": dec, "loaded_mb": loaded_mb,
@@ -73,12 +79,14 @@ def main() -> None:
     ap.add_argument("--codecs", default=SHIPPED_LEARNED)
     ap.add_argument("--sizes", default="768x512,1536x1024,2304x1536")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1, as a worker)")
+    ap.add_argument("--weights", choices=["random"], help="seeded untrained weights (CompressAI's zoo "
+                    "architectures offline): memory and time do not depend on the weights' values")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         name, w, h = args.child
-        print(json.dumps(child(name, int(w), int(h), args.threads)))
+        print(json.dumps(child(name, int(w), int(h), args.threads, args.weights)))
         return
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     budget = mem_total_mb() * 0.9
@@ -87,7 +95,9 @@ def main() -> None:
     for name in args.codecs.split(","):
         mine = []
         for w, h in sizes:
-            proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", name, str(w), str(h)],
+            weights = ["--weights", args.weights] if args.weights else []
+            proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), *weights,
+                                   "--child", name, str(w), str(h)],
                                   capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
             if proc.returncode:
                 print(f"{name:20s} {w}x{h}: failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -52,7 +52,8 @@ def icm_register_codecs(register):
                  description=f"CompressAI {arch} (mse); --checkpoint FILE_OR_FOLDER or --weights random")
     register("icm-hyperprior-mse",
              Lazy("icm.codecs.learned:ShippedCompressAICodec", "icm-hyperprior-mse", "bmshj2018-hyperprior", 4,
-                  description="bmshj2018-hyperprior (N=64, M=96) trained on shapes for MSE"),
+                  description="bmshj2018-hyperprior (N=64, M=96) trained on shapes for MSE",
+                  memory_mb_per_mp=400.0),  # 222 MB/MP on a photograph, 307 on noise (tests/test_memory_check.py)
              kind="learned", rate_control=_qualities(4),
              unavailable_reason=_shipped_weights_missing("icm-hyperprior-mse", [f"quality{q}.pth" for q in range(1, 5)]),
              description="shipped: hyperprior trained on shapes for MSE (4 qualities)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from icm.bitstream import Bitstream
 from icm.errors import BitstreamError, CodecUnavailable, UserError
-from icm.limits import check_header_size, max_pixels as pixel_limit
+from icm.limits import check_header_size, check_memory, max_pixels as pixel_limit
 from icm.codecs.trainable import TrainableCodec  # noqa: F401  (what `icm train` needs from a codec)
 
 SCALES = (1.0, 0.75, 0.5, 0.25)  # the resolution knob of Le §4.2
@@ -75,6 +75,9 @@ class Codec(ABC):
     kind: str = "anchor"  # or "learned", or "features" (icm.codecs.features.FeatureCodec)
     description: str = ""
     rate_control: RateControl
+    # peak working memory of one encode or decode per megapixel (benchmarks/image_size_limits.py);
+    # a codec that sets it is refused before a pass that would not fit (icm.limits.check_memory)
+    memory_mb_per_mp: float | None = None
 
     # -- availability ------------------------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
@@ -151,6 +154,7 @@ class Codec(ABC):
         if rate.get("rate") is not None and rate.get("quality") is not None:
             raise UserError("give either --quality or --rate, not both")
         rate = self.check_rate(**rate)
+        self._check_memory(image.shape[0] * image.shape[1], "image")
         streams = self.encode_streams(image, rate)
         return Bitstream(self.name, self.version, self.weights_hash(rate), image.shape[1], image.shape[0], rate, streams)
 
@@ -176,6 +180,7 @@ class Codec(ABC):
         if bs.codec_version != self.version:
             raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version!r}, this is version {self.version!r}")
         check_header_size(bs.width, bs.height, pixel_limit(max_pixels), source)
+        self._check_memory(bs.width * bs.height, source)
         if bs.features is not None and self.kind != "features":
             raise BitstreamError(f"{source}: holds a feature tensor ({bs.features.describe()}), not pixels")
         rate = self._header_rate(bs.rate, source)
@@ -185,6 +190,10 @@ class Codec(ABC):
                 f"{source}: weights mismatch (bitstream {bs.weights_hash.hex() or 'none'}, codec "
                 f"{expected.hex() or 'none'}); decode with the checkpoint that encoded it")
         return rate
+
+    def _check_memory(self, pixels: int, source: str) -> None:
+        if self.memory_mb_per_mp:
+            check_memory(self.name, pixels, self.memory_mb_per_mp, source, getattr(self, "device", None))
 
     # -- batches -------------------------------------------------------------------------------------
     # A codec with a batched path (one network pass, one encoder process for several images) overrides
@@ -207,6 +216,7 @@ class Codec(ABC):
         if len({image.shape for image in images}) != 1:
             raise ValueError("to_bitstreams takes images of one size")
         rate = self.check_rate(**rate)
+        self._check_memory(images[0].shape[0] * images[0].shape[1] * len(images), f"batch of {len(images)} images")
         streams = self.encode_streams_batch(images, rate)
         h, w = images[0].shape[:2]
         return [Bitstream(self.name, self.version, self.weights_hash(rate), w, h, rate, s) for s in streams]
@@ -223,6 +233,7 @@ class Codec(ABC):
         if any((bs.width, bs.height, r) != (first.width, first.height, rates[0]) for bs, r in zip(bitstreams, rates)):
             raise ValueError("from_bitstreams takes files of one size and rate")
         where = f"{sources[0]} (batch of {len(bitstreams)})"
+        self._check_memory(first.width * first.height * len(bitstreams), where)
         try:
             images = self.decode_streams_batch([bs.streams for bs in bitstreams], rates[0], first.width, first.height)
         except BitstreamError as exc:

@@ -588,6 +588,9 @@ class ICMCodec(ShippedWeights, Codec):
     """
 
     kind = "learned"
+    # peak memory grows 345-370 MB per megapixel over the family on a photograph, 376 on noise (the
+    # worst case; benchmarks/image_size_limits.py, tests/test_memory_check.py); declared with a margin
+    memory_mb_per_mp = 460.0
 
     def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
                  aux: bool = False, name: str = "icm-omni", beta: float = 1.0):

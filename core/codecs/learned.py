@@ -76,6 +76,15 @@ def pad(x: torch.Tensor, multiple: int = PAD_TO) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
+# Peak memory growth per megapixel of one encode + decode of the zoo's largest model per architecture
+# (its highest quality; lower qualities have fewer channels and take less), measured on CPU with
+# `benchmarks/image_size_limits.py --weights random` at 0.1-1.6 MP, plus a quarter (icm.limits.check_memory).
+# cheng2020 is not measured (with random weights its serial entropy coder takes 80 s per 0.1 MP), so
+# it has no figure and no check.
+ZOO_MEMORY_MB_PER_MP = {"bmshj2018-factorized": 730.0, "bmshj2018-hyperprior": 780.0, "mbt2018-mean": 720.0,
+                        "mbt2018": 670.0}
+
+
 class CompressAICodec(Codec, TrainableCodec):
     kind = "learned"
 
@@ -97,6 +106,7 @@ class CompressAICodec(Codec, TrainableCodec):
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.device = default_device(device)
         qualities, self.latent_stride = ARCHITECTURES[arch]
+        self.memory_mb_per_mp = ZOO_MEMORY_MB_PER_MP.get(arch)
         self.version = "cai" + ".".join(compressai.__version__.split(".")[:2])
         self.description = f"CompressAI {arch} ({metric}), one model per quality"
         self.rate_control = RateControl("quality", (1, qualities), True, tuple(range(1, qualities + 1)))
@@ -247,12 +257,14 @@ class ShippedCompressAICodec(CompressAICodec):
     same file names)."""
 
     def __init__(self, name: str, arch: str, qualities: int, checkpoint: str | None = None,
-                 device: str | None = None, description: str = ""):
+                 device: str | None = None, description: str = "", memory_mb_per_mp: float | None = None):
         super().__init__(arch, checkpoint=checkpoint, device=device)
         from icm.paths import configs_dir
 
         self.name = name
         self.folder = Path(checkpoint) if checkpoint else configs_dir() / "codecs" / name
+        if memory_mb_per_mp:  # narrower than the zoo's models: measured for these widths
+            self.memory_mb_per_mp = memory_mb_per_mp
         self.rate_control = RateControl("quality", (1, qualities), True, tuple(range(1, qualities + 1)))
         self.description = description
 

@@ -206,6 +206,9 @@ class OmniFeaturesCodec(ShippedWeights, FeatureCodec):
 
     split = SPLIT
     has_image_decoder = True
+    # peak memory of an encode and a decode of the tensor and its picture grows 234 MB per megapixel
+    # on a photograph, 272 on noise (benchmarks/image_size_limits.py, tests/test_memory_check.py)
+    memory_mb_per_mp = 350.0
 
     def __init__(self, checkpoint: str | None = None, weights: str = "pretrained", device: str | None = None,
                  name: str = "icm-omni-features"):
