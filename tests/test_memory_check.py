@@ -73,3 +73,26 @@ def test_cli_refuses_an_image_larger_than_memory_in_one_line(tmp_path):
     assert_user_error(run_icm("encode", big, "--codec", "icm-omni", "--rate", "0", "-o", out),
                       "icm-omni needs about")
     assert not list(out.glob("*.icm"))
+
+
+def test_evaluate_records_an_image_too_large_for_memory_and_codes_the_rest(tmp_path, monkeypatch, natural_images):
+    """The first image of a bare folder is refused (even in the untimed warm-up, which must not stop
+    the run); it is one recorded failure, and the other image is coded and measured."""
+    from icm.evaluation.config import CodecSpec, Experiment
+    from icm.evaluation.run import evaluate
+    from icm.images import save_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_image(np.ascontiguousarray(np.tile(natural_images[0], (2, 2, 1))), folder / "a_large.png")  # 322x382
+    save_image(natural_images[1], folder / "b_small.png")  # 160x193
+    per_mp = open_codec("icm-omni").memory_mb_per_mp
+    monkeypatch.setattr(limits, "available_memory_mb", lambda device=None: per_mp * 0.05)  # room for 0.05 MP
+    result = evaluate(Experiment(tasks=[], dataset=str(folder), out=str(tmp_path / "out"), reference="icm-omni",
+                                 codecs=[CodecSpec("icm-omni", rates=[{"rate": 0.0}])]), progress=False)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    failures = doc["counters"]["failures"]
+    assert len(failures) == 1 and "needs about" in failures[0]["error"], failures
+    point = next(p for p in doc["points"] if p["codec"] == "icm-omni")
+    assert point["images"] == 1 and point["bpp"] > 0 and point["psnr"] > 20
+    assert result is not None

@@ -235,8 +235,11 @@ class Coder:
             return
         self._warm.add(point.label)
         with self.tally.clock.stage("warmup"):
-            bs = codec.to_bitstream(image, **point.rate)
-            codec.features_from_bitstream(bs) if codec.kind == "features" else codec.from_bitstream(bs)
+            try:
+                bs = codec.to_bitstream(image, **point.rate)
+                codec.features_from_bitstream(bs) if codec.kind == "features" else codec.from_bitstream(bs)
+            except IcmError:  # this image's own encode records why (e.g. too large to fit in memory)
+                self._warm.discard(point.label)
 
     def _batched(self, stage: str, point: Point, items: list[Item], batch_call, one_call) -> list:
         """``batch_call(items)`` timed as ``stage``; when it fails, ``one_call`` per item finds the
