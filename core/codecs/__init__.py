@@ -180,7 +180,6 @@ class Codec(ABC):
         if bs.codec_version != self.version:
             raise BitstreamError(f"{source}: made by {bs.codec} version {bs.codec_version!r}, this is version {self.version!r}")
         check_header_size(bs.width, bs.height, pixel_limit(max_pixels), source)
-        self._check_memory(bs.width * bs.height, source)
         if bs.features is not None and self.kind != "features":
             raise BitstreamError(f"{source}: holds a feature tensor ({bs.features.describe()}), not pixels")
         rate = self._header_rate(bs.rate, source)
@@ -189,6 +188,7 @@ class Codec(ABC):
             raise BitstreamError(
                 f"{source}: weights mismatch (bitstream {bs.weights_hash.hex() or 'none'}, codec "
                 f"{expected.hex() or 'none'}); decode with the checkpoint that encoded it")
+        self._check_memory(bs.width * bs.height, source)  # last: a malformed header says so first
         return rate
 
     def _check_memory(self, pixels: int, source: str) -> None:
